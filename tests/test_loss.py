@@ -1,0 +1,177 @@
+"""The pure-PyTorch R-Drop loss against float64 references written from the definition."""
+
+import pytest
+import torch
+
+from rdrop_fairseq.loss import CHUNK_ROWS, rdrop_loss, symmetric_kl
+
+from .references import reference_label_smoothed_ce, reference_symmetric_kl
+
+
+def _logits(*shape, scale=3.0, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
+def _keep_mask(batch, length, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, length + 1, (batch,), generator=gen)
+    return torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def test_symmetric_kl_equals_float64_reference_with_padding():
+    x1, x2 = _logits(4, 7, 50, seed=1), _logits(4, 7, 50, seed=2)
+    keep = _keep_mask(4, 7)
+    ours = symmetric_kl(x1.log_softmax(-1), x2.log_softmax(-1), keep)
+    ref = reference_symmetric_kl(x1, x2, keep)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-6)
+    assert ours[~keep].eq(0).all()
+
+
+def test_symmetric_kl_matches_reference_across_row_chunks():
+    rows = 2 * CHUNK_ROWS + 3
+    x1, x2 = _logits(rows, 11, seed=3), _logits(rows, 11, seed=4)
+    ours = symmetric_kl(x1.log_softmax(-1), x2.log_softmax(-1))
+    torch.testing.assert_close(ours.double(), reference_symmetric_kl(x1, x2), rtol=1e-5, atol=1e-6)
+
+
+def test_symmetric_kl_is_symmetric_in_its_arguments():
+    lp1, lp2 = _logits(3, 5, 20, seed=5).log_softmax(-1), _logits(3, 5, 20, seed=6).log_softmax(-1)
+    torch.testing.assert_close(symmetric_kl(lp1, lp2), symmetric_kl(lp2, lp1))
+
+
+def test_symmetric_kl_is_zero_for_identical_passes():
+    lp = _logits(3, 5, 20, seed=7).log_softmax(-1)
+    assert symmetric_kl(lp, lp.clone()).abs().max().item() == 0.0
+
+
+def test_symmetric_kl_is_non_negative():
+    for seed in range(20):
+        x1, x2 = _logits(8, 30, scale=0.01 * (seed + 1), seed=seed), _logits(8, 30, seed=seed + 100)
+        assert symmetric_kl(x1.log_softmax(-1), x2.log_softmax(-1)).min().item() >= 0.0
+
+
+def test_symmetric_kl_gradient_passes_gradcheck_through_both_inputs():
+    x1 = _logits(3, 4, 6, seed=8, dtype=torch.float64).requires_grad_()
+    x2 = _logits(3, 4, 6, seed=9, dtype=torch.float64).requires_grad_()
+    keep = _keep_mask(3, 4, seed=1)
+    assert torch.autograd.gradcheck(
+        lambda a, b: symmetric_kl(a.log_softmax(-1), b.log_softmax(-1), keep), (x1, x2)
+    )
+
+
+def test_symmetric_kl_gradient_equals_float64_reference_gradient():
+    x1 = _logits(5, 6, 40, seed=10).requires_grad_()
+    x2 = _logits(5, 6, 40, seed=11).requires_grad_()
+    keep = _keep_mask(5, 6, seed=2)
+    symmetric_kl(x1.log_softmax(-1), x2.log_softmax(-1), keep).sum().backward()
+    r1 = x1.detach().double().requires_grad_()
+    r2 = x2.detach().double().requires_grad_()
+    reference_symmetric_kl(r1, r2, keep).sum().backward()
+    torch.testing.assert_close(x1.grad.double(), r1.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(x2.grad.double(), r2.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_logits_at_padding_positions_change_neither_value_nor_gradient():
+    keep = _keep_mask(4, 7, seed=3)
+    x1, x2 = _logits(4, 7, 30, seed=12), _logits(4, 7, 30, seed=13)
+    y1, y2 = x1.clone(), x2.clone()
+    y1[~keep] = _logits(int((~keep).sum()), 30, scale=1e4, seed=14)
+    y2[~keep] = -y1[~keep]
+
+    def value_and_grads(a, b):
+        a, b = a.clone().requires_grad_(), b.clone().requires_grad_()
+        value = symmetric_kl(a.log_softmax(-1), b.log_softmax(-1), keep).sum()
+        value.backward()
+        return value.detach(), a.grad, b.grad
+
+    value_x, *grads_x = value_and_grads(x1, x2)
+    value_y, *grads_y = value_and_grads(y1, y2)
+    assert value_x.item() == value_y.item()
+    for gx, gy in zip(grads_x, grads_y):
+        assert gy[~keep].eq(0).all()
+        torch.testing.assert_close(gx, gy)
+
+
+def test_non_finite_log_probabilities_at_padding_give_zero_value_and_gradient():
+    keep = _keep_mask(4, 7, seed=5)
+    lp1 = _logits(4, 7, 30, seed=21).log_softmax(-1)
+    lp2 = _logits(4, 7, 30, seed=22).log_softmax(-1)
+    lp1[~keep], lp2[~keep] = float("nan"), float("-inf")
+    lp1.requires_grad_(), lp2.requires_grad_()
+    kl = symmetric_kl(lp1, lp2, keep)
+    kl.sum().backward()
+    assert torch.isfinite(kl).all() and kl[~keep].eq(0).all()
+    assert lp1.grad[~keep].eq(0).all() and lp2.grad[~keep].eq(0).all()
+    assert torch.isfinite(lp1.grad).all() and torch.isfinite(lp2.grad).all()
+
+
+def test_a_class_impossible_under_both_passes_contributes_nothing():
+    x1, x2 = _logits(3, 10, seed=23), _logits(3, 10, seed=24)
+    masked1, masked2 = x1.clone(), x2.clone()
+    masked1[:, 4] = masked2[:, 4] = float("-inf")
+    kl = symmetric_kl(masked1.log_softmax(-1), masked2.log_softmax(-1))
+    keep_classes = [v for v in range(10) if v != 4]
+    ref = reference_symmetric_kl(x1[:, keep_classes], x2[:, keep_classes])
+    torch.testing.assert_close(kl.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_large_logits_give_finite_kl_and_gradients(dtype):
+    big = torch.finfo(torch.float16).max
+    x1 = (_logits(4, 6, 64, scale=1.0, seed=15) * 3e4).clamp(-big, big).to(dtype).requires_grad_()
+    x2 = (_logits(4, 6, 64, scale=1.0, seed=16) * 3e4).clamp(-big, big).to(dtype).requires_grad_()
+    target = torch.randint(0, 64, (4, 6), generator=torch.Generator().manual_seed(1))
+    out = rdrop_loss(x1, x2, target, alpha=5.0)
+    out.loss.backward()
+    assert out.kl.dtype == torch.float32
+    assert torch.isfinite(out.kl) and out.kl > 0 and torch.isfinite(out.loss)
+    assert torch.isfinite(x1.grad.float()).all() and torch.isfinite(x2.grad.float()).all()
+    torch.testing.assert_close(
+        out.kl.double(), reference_symmetric_kl(x1.detach(), x2.detach()).sum(), rtol=1e-4, atol=1e-3
+    )
+
+
+def test_alpha_so_large_that_the_kl_dominates_stays_finite():
+    x1 = _logits(4, 6, 64, scale=50.0, seed=25).requires_grad_()
+    x2 = _logits(4, 6, 64, scale=50.0, seed=26).requires_grad_()
+    target = torch.randint(0, 64, (4, 6), generator=torch.Generator().manual_seed(2))
+    out = rdrop_loss(x1, x2, target, alpha=1e6)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(x1.grad).all() and torch.isfinite(x2.grad).all()
+
+
+def test_mismatched_pass_shapes_are_rejected_with_both_shapes_named():
+    with pytest.raises(ValueError, match=r"\(2, 5\).*\(3, 5\)"):
+        symmetric_kl(torch.zeros(2, 5), torch.zeros(3, 5))
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_rdrop_loss_equals_the_objective_written_out_in_float64(label_smoothing):
+    x1, x2 = _logits(3, 5, 17, seed=17), _logits(3, 5, 17, seed=18)
+    target = torch.randint(0, 17, (3, 5), generator=torch.Generator().manual_seed(0))
+    target[~_keep_mask(3, 5, seed=4)] = -100
+    keep = target.ne(-100)
+    alpha = 0.7
+    out = rdrop_loss(x1, x2, target, alpha=alpha, label_smoothing=label_smoothing)
+    ce_ref = sum(reference_label_smoothed_ce(x, target, label_smoothing, keep) for x in (x1, x2))
+    kl_ref = reference_symmetric_kl(x1, x2, keep).sum()
+    ntokens = keep.sum().item()
+    torch.testing.assert_close(out.ce.double(), ce_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.kl.double(), kl_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.loss.double(), (ce_ref + alpha * kl_ref) / ntokens, rtol=1e-5, atol=1e-6
+    )
+    assert out.ntokens.item() == ntokens
+
+
+def test_rdrop_loss_cross_entropy_agrees_with_torch_cross_entropy():
+    x1, x2 = _logits(6, 13, seed=19), _logits(6, 13, seed=20)
+    target = torch.tensor([0, 3, -100, 12, 5, -100])
+    out = rdrop_loss(x1, x2, target, alpha=0.0, label_smoothing=0.1)
+    torch_ce = sum(
+        torch.nn.functional.cross_entropy(x, target, reduction="sum", label_smoothing=0.1)
+        for x in (x1, x2)
+    )
+    torch.testing.assert_close(out.ce, torch_ce)
