@@ -98,7 +98,10 @@ class LabelSmoothedCrossEntropyRDropCriterion(LabelSmoothedCrossEntropyCriterion
         self.dropout_checked = False
 
     def forward(self, model, sample, reduce=True):
-        if not (model.training and self.rdrop_alpha > 0):
+        rdrop = model.training and self.rdrop_alpha > 0
+        if sample["target"].numel() == 0:
+            return self.empty_batch_output(model, rdrop)
+        if not rdrop:
             return super().forward(model, sample, reduce=reduce)
         if not self.dropout_checked:
             self.dropout_checked = True
@@ -152,6 +155,17 @@ class LabelSmoothedCrossEntropyRDropCriterion(LabelSmoothedCrossEntropyCriterion
             logging_output["n_correct"] = utils.item(n_correct.data)
             logging_output["total"] = utils.item(keep.sum().data)
         return objective, sample_size, logging_output
+
+    def empty_batch_output(self, model, rdrop):
+        """A zero loss that reaches every parameter (as a DDP dummy batch does) and
+        the same logging keys as a real batch, so worker outputs stay summable."""
+        zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+        logging_output = dict.fromkeys(("loss", "nll_loss", "ntokens", "nsentences", "sample_size"), 0)
+        if rdrop:
+            logging_output["kl_loss"] = 0
+        if self.report_accuracy:
+            logging_output.update(n_correct=0, total=0)
+        return zero, 0, logging_output
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:

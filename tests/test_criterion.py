@@ -1,0 +1,250 @@
+"""label_smoothed_cross_entropy_rdrop on a tiny real fairseq transformer.
+
+References are computed in float64 from the model's actual output (captured
+with a forward hook), written out from the formula in tests/references.py.
+"""
+
+import argparse
+import copy
+import logging
+import math
+
+import pytest
+import torch
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+from fairseq.logging import metrics
+from fairseq.optim.sgd import SGD
+
+from .references import reference_fairseq_label_smoothed_ce, reference_symmetric_kl
+from .tiny_fairseq import OutputCapture, make_criterion, make_model, make_sample, make_task
+
+
+@pytest.fixture(scope="module")
+def task():
+    return make_task()
+
+
+def _reference(logits, target, pad, epsilon, alpha, prefix=0):
+    """Objective pieces from the doubled batch's logits, in float64."""
+    batch = target.size(0)
+    logits, target = logits[:, prefix:], target[:, prefix:]
+    keep = target.ne(pad)
+    halves = logits.double().split(batch)
+    ls, nll = zip(
+        *(reference_fairseq_label_smoothed_ce(h.log_softmax(-1), target, epsilon, keep) for h in halves)
+    )
+    kl = reference_symmetric_kl(halves[0], halves[1], keep).sum()
+    correct = sum(h.argmax(-1).eq(target)[keep].sum().item() for h in halves)
+    return {
+        "objective": sum(ls) + alpha * kl,
+        "loss": sum(ls) / 2,
+        "nll_loss": sum(nll) / 2,
+        "kl_loss": kl,
+        "n_correct": correct,
+        "total": 2 * int(keep.sum()),
+    }
+
+
+def _run(criterion, model, sample):
+    capture = OutputCapture(model)
+    try:
+        objective, sample_size, log = criterion(model, sample)
+    finally:
+        capture.remove()
+    return objective, sample_size, log, capture.logits
+
+
+def test_training_objective_equals_float64_reference_from_the_models_own_output(task):
+    model, criterion = make_model(task), make_criterion(task, rdrop_alpha=5.0)
+    sample = make_sample(task)
+    objective, sample_size, log, outputs = _run(criterion, model, sample)
+    assert len(outputs) == 1, "both passes must run in one forward call"
+    logits = outputs[0]
+    assert logits.size(0) == 2 * sample["target"].size(0)
+    ref = _reference(logits.detach(), sample["target"], task.target_dictionary.pad(), 0.1, 5.0)
+    assert sample_size == sample["ntokens"]
+    torch.testing.assert_close(objective.double(), ref["objective"], rtol=1e-5, atol=1e-5)
+
+
+def test_the_two_passes_see_independent_dropout_masks(task):
+    model, criterion = make_model(task), make_criterion(task)
+    _, _, log, outputs = _run(criterion, model, make_sample(task))
+    first, second = outputs[0].detach().chunk(2)
+    assert not torch.allclose(first, second)
+    assert log["kl_loss"] > 0
+
+
+def test_gradient_flows_through_both_passes_as_in_the_reference(task):
+    model, criterion = make_model(task), make_criterion(task, rdrop_alpha=2.0)
+    sample = make_sample(task, seed=1)
+    objective, _, _, outputs = _run(criterion, model, sample)
+    objective.backward()
+    logits = outputs[0]
+    leaf = logits.detach().double().requires_grad_()
+    _reference(leaf, sample["target"], task.target_dictionary.pad(), 0.1, 2.0)["objective"].backward()
+    torch.testing.assert_close(logits.grad.double(), leaf.grad, rtol=1e-4, atol=1e-7)
+    batch = sample["target"].size(0)
+    assert logits.grad[:batch].abs().sum() > 0 and logits.grad[batch:].abs().sum() > 0
+
+
+def test_logged_values_are_per_pass_averages_and_the_symmetric_kl(task):
+    model, criterion = make_model(task), make_criterion(task, rdrop_alpha=5.0)
+    sample = make_sample(task, seed=2)
+    _, _, log, outputs = _run(criterion, model, sample)
+    ref = _reference(outputs[0].detach(), sample["target"], task.target_dictionary.pad(), 0.1, 5.0)
+    assert set(log) == {"loss", "nll_loss", "kl_loss", "ntokens", "nsentences", "sample_size", "n_correct", "total"}
+    for key in ("loss", "nll_loss", "kl_loss"):
+        torch.testing.assert_close(log[key].double(), ref[key], rtol=1e-5, atol=1e-5)
+    assert (log["n_correct"], log["total"]) == (ref["n_correct"], ref["total"])
+    assert (log["ntokens"], log["nsentences"], log["sample_size"]) == (
+        sample["ntokens"],
+        sample["target"].size(0),
+        sample["ntokens"],
+    )
+
+
+def test_reduce_metrics_reports_base2_per_token_figures_summed_over_workers(task):
+    model, criterion = make_model(task), make_criterion(task)
+    logs = [_run(criterion, model, make_sample(task, seed=s))[2] for s in (3, 4)]
+    with metrics.aggregate() as agg:
+        type(criterion).reduce_metrics(logs)
+        reduced = agg.get_smoothed_values()
+    ntokens = sum(log["ntokens"] for log in logs)
+    ln2 = math.log(2)
+    assert reduced["loss"] == pytest.approx(sum(float(l["loss"]) for l in logs) / ntokens / ln2, abs=1e-3)
+    assert reduced["nll_loss"] == pytest.approx(sum(float(l["nll_loss"]) for l in logs) / ntokens / ln2, abs=1e-3)
+    assert reduced["kl_loss"] == pytest.approx(sum(float(l["kl_loss"]) for l in logs) / ntokens / ln2, abs=1e-3)
+    assert reduced["ppl"] == pytest.approx(2 ** reduced["nll_loss"], rel=1e-2)
+    total = sum(l["total"] for l in logs)
+    assert reduced["accuracy"] == pytest.approx(100.0 * sum(l["n_correct"] for l in logs) / total, abs=1e-3)
+    assert LabelSmoothedCrossEntropyCriterion.logging_outputs_can_be_summed()
+
+
+def test_alpha_zero_is_exactly_fairseqs_label_smoothed_cross_entropy_with_one_pass(task):
+    sample = make_sample(task, seed=5)
+    results = []
+    for criterion in (
+        make_criterion(task, rdrop_alpha=0.0),
+        LabelSmoothedCrossEntropyCriterion(task, False, 0.1, report_accuracy=True),
+    ):
+        model = make_model(task)
+        torch.manual_seed(123)
+        objective, sample_size, log, outputs = _run(criterion, model, sample)
+        objective.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((objective, sample_size, log, outputs, grads))
+    (obj_a, size_a, log_a, out_a, grads_a), (obj_b, size_b, log_b, out_b, grads_b) = results
+    assert len(out_a) == 1 and out_a[0].size(0) == sample["target"].size(0)
+    assert torch.equal(obj_a, obj_b) and size_a == size_b
+    assert log_a.keys() == log_b.keys()
+    assert all(torch.equal(torch.as_tensor(log_a[k]), torch.as_tensor(log_b[k])) for k in log_a)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
+def test_eval_mode_is_a_single_plain_pass_identical_to_fairseq(task):
+    model, criterion = make_model(task), make_criterion(task, rdrop_alpha=5.0)
+    model.eval()
+    sample = make_sample(task, seed=6)
+    with torch.no_grad():
+        ours, size, log, outputs = _run(criterion, model, sample)
+        theirs, _, their_log = LabelSmoothedCrossEntropyCriterion(task, False, 0.1, report_accuracy=True)(
+            model, sample
+        )
+    assert len(outputs) == 1 and outputs[0].size(0) == sample["target"].size(0)
+    assert torch.equal(ours, theirs) and size == sample["ntokens"]
+    assert "kl_loss" not in log and log.keys() == their_log.keys()
+
+
+def test_the_callers_sample_is_not_mutated(task):
+    model, criterion = make_model(task), make_criterion(task)
+    sample = make_sample(task, seed=7)
+    before = copy.deepcopy(sample)
+    tensors_before = {k: v for k, v in sample["net_input"].items()}
+    criterion(model, sample)[0].backward()
+    assert sample.keys() == before.keys() and sample["net_input"].keys() == before["net_input"].keys()
+    for key, value in before["net_input"].items():
+        assert sample["net_input"][key] is tensors_before[key]
+        assert torch.equal(sample["net_input"][key], value)
+    assert torch.equal(sample["target"], before["target"]) and sample["ntokens"] == before["ntokens"]
+
+
+def test_every_batch_first_tensor_of_net_input_is_doubled_and_others_pass_through(task):
+    model, criterion = make_model(task), make_criterion(task)
+    sample = make_sample(task, seed=8)
+    sample["net_input"]["return_all_hiddens"] = False
+    seen = {}
+    handle = model.register_forward_pre_hook(lambda m, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    try:
+        criterion(model, sample)
+    finally:
+        handle.remove()
+    batch = sample["target"].size(0)
+    for key in ("src_tokens", "src_lengths", "prev_output_tokens"):
+        original = sample["net_input"][key]
+        assert torch.equal(seen[key], torch.cat([original, original]))
+    assert seen["return_all_hiddens"] is False
+    assert seen["src_tokens"].size(0) == 2 * batch
+
+
+def test_kl_is_masked_where_ignore_prefix_size_drops_tokens(task):
+    model = make_model(task)
+    criterion = make_criterion(task, rdrop_alpha=3.0, ignore_prefix_size=2)
+    sample = make_sample(task, seed=9, target_lengths=[6, 5, 4])
+    objective, _, log, outputs = _run(criterion, model, sample)
+    ref = _reference(outputs[0].detach(), sample["target"], task.target_dictionary.pad(), 0.1, 3.0, prefix=2)
+    torch.testing.assert_close(objective.double(), ref["objective"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["kl_loss"].double(), ref["kl_loss"], rtol=1e-5, atol=1e-6)
+
+
+def test_sentence_avg_normalises_by_sentences(task):
+    model = make_model(task)
+    criterion = make_criterion(task, sentence_avg=True)
+    sample = make_sample(task, seed=10)
+    _, sample_size, log, _ = _run(criterion, model, sample)
+    assert sample_size == log["sample_size"] == sample["target"].size(0)
+
+
+def test_ddp_dummy_batch_contributes_no_gradient(task):
+    model, criterion = make_model(task), make_criterion(task)
+    optimizer = _plain_optimizer(model)
+    loss, _, log = task.train_step(make_sample(task, seed=11), model, criterion, optimizer, 0, ignore_grad=True)
+    assert loss.item() == 0.0
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in model.parameters())
+    assert log["kl_loss"] > 0
+
+
+def test_all_padding_batch_gives_zero_loss_and_a_working_backward(task):
+    model, criterion = make_model(task), make_criterion(task)
+    sample = make_sample(task, seed=12, target_lengths=[0, 0, 0])
+    objective, sample_size, log, _ = _run(criterion, model, sample)
+    objective.backward()
+    assert sample_size == 0 and objective.item() == 0.0 and log["kl_loss"].item() == 0.0
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_empty_batch_gives_zero_loss_and_a_working_backward(task):
+    model, criterion = make_model(task), make_criterion(task)
+    sample = make_sample(task, batch_size=0, target_lengths=[])
+    objective, sample_size, log, _ = _run(criterion, model, sample)
+    objective.backward()
+    assert sample_size == 0 and objective.item() == 0.0 and log["nsentences"] == 0
+
+
+@pytest.mark.parametrize("alpha", [-1.0, float("nan"), float("inf")])
+def test_bad_alpha_is_rejected_with_the_flag_named(task, alpha):
+    with pytest.raises(ValueError, match="--rdrop-alpha"):
+        make_criterion(task, rdrop_alpha=alpha)
+
+
+def test_a_model_without_dropout_warns_once_that_the_kl_is_zero(task, caplog):
+    model, criterion = make_model(task, dropout=0.0), make_criterion(task)
+    with caplog.at_level(logging.WARNING):
+        logs = [criterion(model, make_sample(task, seed=s))[2] for s in (13, 14)]
+    warnings = [r for r in caplog.records if "KL term is identically zero" in r.getMessage()]
+    assert len(warnings) == 1 and "--rdrop-alpha" in warnings[0].getMessage()
+    assert all(log["kl_loss"].item() == 0.0 for log in logs)
+
+
+def _plain_optimizer(model):
+    args = argparse.Namespace(lr=[0.1], momentum=0.0, weight_decay=0.0)
+    return SGD(args, list(model.parameters()))

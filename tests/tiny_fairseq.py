@@ -1,0 +1,102 @@
+"""A tiny real fairseq transformer, task and batch for criterion tests."""
+
+import argparse
+
+import torch
+from fairseq.data import Dictionary
+from fairseq.models.transformer import TransformerModel, base_architecture
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+from rdrop_fairseq.criterions.label_smoothed_cross_entropy_rdrop import (
+    LabelSmoothedCrossEntropyRDropCriterion,
+)
+
+VOCAB_WORDS = 23
+
+
+def make_task():
+    dictionary = Dictionary()
+    for i in range(VOCAB_WORDS):
+        dictionary.add_symbol(f"w{i}")
+    return TranslationTask(TranslationConfig(), dictionary, dictionary)
+
+
+def make_model(task, dropout=0.3, seed=0):
+    args = argparse.Namespace(
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_embed_dim=16,
+        decoder_embed_dim=16,
+        encoder_ffn_embed_dim=32,
+        decoder_ffn_embed_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        dropout=dropout,
+        attention_dropout=dropout,
+        activation_dropout=dropout,
+        max_source_positions=64,
+        max_target_positions=64,
+    )
+    base_architecture(args)
+    torch.manual_seed(seed)
+    model = TransformerModel.build_model(args, task)
+    model.train()
+    return model
+
+
+def make_criterion(task, rdrop_alpha=5.0, label_smoothing=0.1, **kwargs):
+    options = dict(sentence_avg=False, ignore_prefix_size=0, report_accuracy=True)
+    options.update(kwargs)
+    return LabelSmoothedCrossEntropyRDropCriterion(
+        task, label_smoothing=label_smoothing, rdrop_alpha=rdrop_alpha, **options
+    )
+
+
+def make_sample(task, batch_size=3, src_len=7, tgt_len=6, seed=0, target_lengths=None):
+    """A right-padded batch with varied target lengths, as fairseq's collater builds."""
+    gen = torch.Generator().manual_seed(seed)
+    d = task.target_dictionary
+    first, last = d.nspecial, len(d)
+    src = torch.randint(first, last, (batch_size, src_len), generator=gen)
+    src[:, -1] = d.eos()
+    if target_lengths is None:
+        target_lengths = torch.randint(2, tgt_len + 1, (batch_size,), generator=gen).tolist()
+        target_lengths[0] = tgt_len
+    target = torch.full((batch_size, tgt_len), d.pad(), dtype=torch.long)
+    prev = torch.full((batch_size, tgt_len), d.pad(), dtype=torch.long)
+    for i, length in enumerate(target_lengths):
+        if length == 0:
+            continue
+        words = torch.randint(first, last, (length,), generator=gen)
+        words[-1] = d.eos()
+        target[i, :length] = words
+        prev[i, 0] = d.eos()
+        prev[i, 1:length] = words[:-1]
+    return {
+        "id": torch.arange(batch_size),
+        "nsentences": batch_size,
+        "ntokens": int(target.ne(d.pad()).sum()),
+        "net_input": {
+            "src_tokens": src,
+            "src_lengths": torch.full((batch_size,), src_len, dtype=torch.long),
+            "prev_output_tokens": prev,
+        },
+        "target": target,
+    }
+
+
+class OutputCapture:
+    """Records every output of ``model.forward`` (the decoder's logits)."""
+
+    def __init__(self, model):
+        self.logits = []
+        self.handle = model.register_forward_hook(self._record)
+
+    def _record(self, module, inputs, output):
+        logits = output[0]
+        if logits.requires_grad:
+            logits.retain_grad()
+        self.logits.append(logits)
+
+    def remove(self):
+        self.handle.remove()
