@@ -1,0 +1,300 @@
+"""Baseline vs R-Drop on Multi30k English->German, on a laptop CPU.
+
+Trains a sentencepiece model, binarizes, then trains two transformers with the
+same architecture, seed and update budget: a baseline (``--rdrop-alpha 0``) and
+R-Drop. Both use the criterion ``label_smoothed_cross_entropy_rdrop``, so the
+only difference is the KL term. Each is evaluated with beam search and
+sacreBLEU on test_2016_flickr, test_2017_flickr and test_2017_mscoco.
+
+Writes into ``--workdir``: ``results.json``, ``curves.png`` (validation loss and
+BLEU against updates for both runs) and the fairseq logs and checkpoints.
+
+    python examples/translation/demo_multi30k.py                 # default budget
+    python examples/translation/demo_multi30k.py --budget full   # the README's table
+"""
+
+import argparse
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from scripts.fairseq_logs import curves, plot  # noqa: E402
+
+DATA = REPO / "data" / "translation" / "multi30k"
+SRC, TGT = "en", "de"
+# fairseq split name -> Multi30k file stem
+SPLITS = {
+    "train": "train",
+    "valid": "val",
+    "test": "test_2016_flickr",
+    "test1": "test_2017_flickr",
+    "test2": "test_2017_mscoco",
+}
+TEST_SPLITS = ("test", "test1", "test2")
+
+MODEL = {
+    "arch": "transformer",
+    "encoder_layers": 3,
+    "decoder_layers": 3,
+    "embed_dim": 256,
+    "ffn_dim": 1024,
+    "heads": 4,
+    "dropout": 0.3,
+}
+# Budgets share the model; only the number of updates (and evaluation cadence)
+# changes. "tiny" exists for the end-to-end test.
+BUDGETS = {
+    "tiny": dict(max_update=30, interval=15, train_subset=2000, eval_subset=100, beam=2,
+                 model=dict(encoder_layers=1, decoder_layers=1, embed_dim=32, ffn_dim=64, heads=2)),
+    "default": dict(max_update=1200, interval=300),
+    "full": dict(max_update=6000, interval=500),
+}
+
+
+def log(message):
+    print(f"[demo] {message}", flush=True)
+
+
+def run(cmd, log_path=None, env=None):
+    """Runs a command, echoing its output (and teeing it into log_path)."""
+    log(" ".join(str(c) for c in cmd))
+    with subprocess.Popen(
+        [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as proc, (open(log_path, "a") if log_path else open(os.devnull, "w")) as sink:
+        tail = []
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sink.write(line)
+            tail = (tail + [line])[-40:]
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {cmd[0]}\n" + "".join(tail))
+
+
+def read_lines(stem, lang, limit=None):
+    with gzip.open(DATA / f"{stem}.{lang}.gz", "rt", encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f]
+    return lines[:limit] if limit else lines
+
+
+def prepare_data(work, vocab_size, train_subset, eval_subset):
+    """Sentencepiece (joint en+de) and fairseq binarization with a joined dictionary."""
+    import sentencepiece as spm
+
+    bin_dir = work / "data-bin"
+    if (bin_dir / "dict.de.txt").exists():
+        log(f"reusing {bin_dir}")
+        return bin_dir
+    raw, sp_dir = work / "raw", work / "spm"
+    raw.mkdir(parents=True, exist_ok=True)
+    sp_dir.mkdir(exist_ok=True)
+    for split, stem in SPLITS.items():
+        limit = train_subset if split == "train" else (eval_subset if split != "valid" else None)
+        for lang in (SRC, TGT):
+            (raw / f"{split}.{lang}").write_text("\n".join(read_lines(stem, lang, limit)) + "\n", encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=[str(raw / f"train.{SRC}"), str(raw / f"train.{TGT}")],
+        model_prefix=str(sp_dir / "spm"),
+        vocab_size=vocab_size,
+        character_coverage=1.0,
+        model_type="unigram",
+        input_sentence_size=1_000_000,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(sp_dir / "spm.model"))
+    for split in SPLITS:
+        for lang in (SRC, TGT):
+            lines = (raw / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()
+            pieces = [" ".join(p) for p in sp.encode(lines, out_type=str)]
+            (sp_dir / f"{split}.{lang}").write_text("\n".join(pieces) + "\n", encoding="utf-8")
+    tmp_bin = work / "data-bin.tmp"
+    shutil.rmtree(tmp_bin, ignore_errors=True)
+    run(
+        [
+            "fairseq-preprocess", "--source-lang", SRC, "--target-lang", TGT, "--joined-dictionary",
+            "--trainpref", sp_dir / "train", "--validpref", sp_dir / "valid",
+            "--testpref", ",".join(str(sp_dir / s) for s in TEST_SPLITS),
+            "--destdir", tmp_bin, "--workers", "2",
+        ]
+    )
+    tmp_bin.rename(bin_dir)
+    return bin_dir
+
+
+def train(bin_dir, save_dir, alpha, seed, budget, model, lr, threads):
+    log_file = save_dir / "train.log"
+    if (save_dir / "done").exists():
+        log(f"reusing finished run {save_dir}")
+        return log_file, json.loads((save_dir / "done").read_text())["seconds"]
+    shutil.rmtree(save_dir, ignore_errors=True)
+    save_dir.mkdir(parents=True)
+    user_dir = REPO / "rdrop_fairseq"
+    cmd = [
+        "fairseq-train", bin_dir, "--user-dir", user_dir, "--task", "translation",
+        "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", seed,
+        "--arch", model["arch"], "--share-all-embeddings",
+        "--encoder-layers", model["encoder_layers"], "--decoder-layers", model["decoder_layers"],
+        "--encoder-embed-dim", model["embed_dim"], "--decoder-embed-dim", model["embed_dim"],
+        "--encoder-ffn-embed-dim", model["ffn_dim"], "--decoder-ffn-embed-dim", model["ffn_dim"],
+        "--encoder-attention-heads", model["heads"], "--decoder-attention-heads", model["heads"],
+        "--dropout", model["dropout"], "--attention-dropout", 0.1, "--activation-dropout", 0.1,
+        "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", alpha,
+        "--label-smoothing", 0.1,
+        "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", lr, "--clip-norm", 0.0,
+        "--lr-scheduler", "inverse_sqrt", "--warmup-updates", min(400, budget["max_update"] // 3 + 1),
+        "--weight-decay", 0.0001, "--max-tokens", 4096, "--max-update", budget["max_update"],
+        "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
+        "--save-interval", 100000, "--save-interval-updates", budget["interval"],
+        "--keep-interval-updates", 1, "--no-epoch-checkpoints",
+        "--eval-bleu", "--eval-bleu-args", '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}',
+        "--eval-bleu-remove-bpe", "sentencepiece", "--eval-bleu-detok", "space",
+        "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
+        "--save-dir", save_dir, "--log-format", "json", "--log-interval", 25,
+        "--num-workers", 0,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    start = time.time()
+    run(cmd, log_path=log_file, env=env)
+    seconds = time.time() - start
+    (save_dir / "done").write_text(json.dumps({"seconds": seconds}))
+    return log_file, seconds
+
+
+def evaluate(bin_dir, save_dir, work, beam, threads):
+    """sacreBLEU of beam search from checkpoint_best.pt on each test split."""
+    from sacrebleu.metrics import BLEU
+
+    scores = {}
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    for split in TEST_SPLITS:
+        out = save_dir / f"generate-{split}.txt"
+        if not out.exists():
+            tmp = out.with_suffix(".tmp")
+            with open(tmp, "w") as sink:
+                subprocess.run(
+                    [
+                        "fairseq-generate", str(bin_dir), "--user-dir", str(REPO / "rdrop_fairseq"),
+                        "--path", str(save_dir / "checkpoint_best.pt"), "--gen-subset", split,
+                        "--cpu", "--beam", str(beam), "--batch-size", "128",
+                        "--remove-bpe", "sentencepiece", "--max-len-a", "1.2", "--max-len-b", "10",
+                    ],
+                    stdout=sink, stderr=subprocess.PIPE, text=True, check=True, env=env,
+                )
+            tmp.rename(out)
+        hyps = {}
+        for line in out.read_text(encoding="utf-8").splitlines():
+            match = re.match(r"^D-(\d+)\t[^\t]*\t(.*)$", line)
+            if match:
+                hyps[int(match.group(1))] = match.group(2)
+        refs = (work / "raw" / f"{split}.{TGT}").read_text(encoding="utf-8").splitlines()
+        # A sentence fairseq-generate returns no hypothesis for scores as empty.
+        metric = BLEU()
+        bleu = metric.corpus_score([hyps.get(i, "") for i in range(len(refs))], [refs])
+        scores[SPLITS[split]] = {
+            "bleu": round(bleu.score, 2),
+            "signature": str(metric.get_signature()),
+            "sentences": len(refs),
+            "untranslated": len(refs) - len(hyps),
+        }
+    return scores
+
+
+def best_valid(log_file):
+    valid = curves(log_file)["valid"]
+    return {
+        "best_valid_bleu": max((b for b in valid["bleu"] if isinstance(b, float)), default=None),
+        "best_valid_loss": min((l for l in valid["loss"] if isinstance(l, float)), default=None),
+    }
+
+
+def print_table(results):
+    arms = results["runs"]
+    tests = list(next(iter(arms.values()))["seeds"][0]["test"])
+    header = ["run", "alpha", "seeds"] + [f"{t} BLEU" for t in tests] + ["best valid loss", "train min/seed"]
+    rows = []
+    for name, arm in arms.items():
+        seeds = arm["seeds"]
+        row = [name, str(arm["alpha"]), ",".join(str(s["seed"]) for s in seeds)]
+        row += [f"{_mean(s['test'][t]['bleu'] for s in seeds):.2f}" for t in tests]
+        row += [f"{_mean(s['best_valid_loss'] for s in seeds):.3f}", f"{_mean(s['train_seconds'] for s in seeds) / 60:.1f}"]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths]] + rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
+    delta = results["delta_bleu"]
+    print(f"R-Drop - baseline, {tests[0]} sacreBLEU (mean over seeds): {delta:+.2f}")
+
+
+def _mean(values):
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default=os.environ.get("RDROP_DEMO_BUDGET", "default"),
+                        help="update budget (env RDROP_DEMO_BUDGET): default finishes in about 25 min on 2 cores")
+    parser.add_argument("--full", action="store_const", const="full", dest="budget", help="same as --budget full")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="seeds; each trains both arms")
+    parser.add_argument("--alpha", type=float, default=5.0, help="--rdrop-alpha of the R-Drop arm")
+    parser.add_argument("--max-update", type=int, help="override the budget's number of updates")
+    parser.add_argument("--dropout", type=float, help="override the model's dropout")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--vocab-size", type=int, default=8000, help="joint sentencepiece vocabulary")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per fairseq process")
+    parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "multi30k-demo")
+    args = parser.parse_args(argv)
+
+    budget = dict(BUDGETS[args.budget])
+    if args.max_update:
+        budget["max_update"] = args.max_update
+    model = {**MODEL, **budget.get("model", {})}
+    if args.dropout is not None:
+        model["dropout"] = args.dropout
+    vocab = min(args.vocab_size, 1000) if args.budget == "tiny" else args.vocab_size
+    if shutil.which("fairseq-train") is None:
+        raise SystemExit("fairseq-train is not on PATH: run bash examples/translation/run_demo.sh, "
+                         "or activate an environment with fairseq-fixed installed")
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"budget {args.budget}: {budget['max_update']} updates per run, model {model}, seeds {args.seeds}")
+    bin_dir = prepare_data(work, vocab, budget.get("train_subset"), budget.get("eval_subset"))
+
+    results = {"budget": args.budget, "max_update": budget["max_update"], "model": model, "lr": args.lr,
+               "vocab_size": vocab, "threads": args.threads, "runs": {}}
+    for name, alpha in (("baseline", 0.0), ("rdrop", args.alpha)):
+        arm = results["runs"][name] = {"alpha": alpha, "seeds": []}
+        for seed in args.seeds:
+            save_dir = work / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}"
+            log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.lr, args.threads)
+            arm["seeds"].append({
+                "seed": seed, "train_seconds": round(seconds, 1), "log": str(log_file),
+                **best_valid(log_file),
+                "test": evaluate(bin_dir, save_dir, work, budget.get("beam", 5), args.threads),
+            })
+    first_test = SPLITS[TEST_SPLITS[0]]
+    results["delta_bleu"] = round(
+        _mean(s["test"][first_test]["bleu"] for s in results["runs"]["rdrop"]["seeds"])
+        - _mean(s["test"][first_test]["bleu"] for s in results["runs"]["baseline"]["seeds"]), 2
+    )
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    plot(
+        {f"{name} seed {s['seed']}": curves(s["log"]) for name, arm in results["runs"].items() for s in arm["seeds"]},
+        work / "curves.png",
+        title=f"Multi30k en-de, {budget['max_update']} updates",
+    )
+    print()
+    print_table(results)
+    log(f"wrote {work / 'results.json'} and {work / 'curves.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Read the records of fairseq's ``--log-format json`` output and plot them.
+
+fairseq writes one record per line, ``<time> | INFO | <tag> | {json}``, with
+``tag`` ``train_inner`` (every --log-interval updates), ``valid`` and
+``train`` (epoch summaries). Values are strings; numbers are converted here.
+
+    python scripts/fairseq_logs.py plot --out curves.png baseline=runs/a/train.log rdrop=runs/b/train.log
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def read_records(log_path, tag):
+    """The records of one tag, values as floats where they are numbers."""
+    marker = f"| {tag} | "
+    records = []
+    for line in Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines():
+        if marker not in line:
+            continue
+        try:
+            raw = json.loads(line.split(marker, 1)[1])
+        except json.JSONDecodeError:
+            continue
+        records.append({key: _number(value) for key, value in raw.items()})
+    return records
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def curves(log_path):
+    """{"train": {updates, loss, kl_loss}, "valid": {updates, loss, bleu}} lists."""
+    train = read_records(log_path, "train_inner")
+    valid = read_records(log_path, "valid")
+    return {
+        "train": {
+            "updates": [r.get("num_updates") for r in train],
+            "loss": [r.get("loss") for r in train],
+            "kl_loss": [r.get("kl_loss") for r in train],
+        },
+        "valid": {
+            "updates": [r.get("valid_num_updates") for r in valid],
+            "loss": [r.get("valid_loss") for r in valid],
+            "bleu": [r.get("valid_bleu") for r in valid],
+        },
+    }
+
+
+def plot(runs, out_path, title=None):
+    """One figure: training CE and KL, validation loss, validation BLEU against updates.
+
+    ``runs`` maps a label to the curves of :func:`curves`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("train", "loss", "training loss per pass (bits/token)"),
+        ("train", "kl_loss", "training symmetric KL (bits/token)"),
+        ("valid", "loss", "validation loss (bits/token)"),
+        ("valid", "bleu", "validation BLEU"),
+    ]
+    panels = [p for p in panels if any(_present(c[p[0]][p[1]]) for c in runs.values())]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (split, key, label) in zip(axes[0], panels):
+        for name, run in runs.items():
+            xs, ys = run[split]["updates"], run[split][key]
+            points = [(x, y) for x, y in zip(xs, ys) if isinstance(y, float)]
+            if points:
+                ax.plot(*zip(*points), marker="o" if split == "valid" else None, ms=3, label=name)
+        ax.set_xlabel("updates")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+
+
+def _present(values):
+    return any(isinstance(v, float) for v in values)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    plot_cmd = sub.add_parser("plot", help="PNG of the curves of one or more runs")
+    plot_cmd.add_argument("runs", nargs="+", metavar="LABEL=LOG", help="a label and a fairseq json log file")
+    plot_cmd.add_argument("--out", required=True, help="PNG file to write")
+    plot_cmd.add_argument("--title")
+    args = parser.parse_args(argv)
+    runs = {}
+    for spec in args.runs:
+        label, sep, path = spec.partition("=")
+        if not sep or not Path(path).is_file():
+            parser.error(f"expected LABEL=LOG with an existing log file, got {spec!r}")
+        runs[label] = curves(path)
+    plot(runs, args.out, args.title)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
