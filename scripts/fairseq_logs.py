@@ -1,8 +1,9 @@
 """Read the records of fairseq's ``--log-format json`` output and plot them.
 
-fairseq writes one record per line, ``<time> | INFO | <tag> | {json}``, with
+fairseq prints one record per line, ``<time> | INFO | <tag> | {json}``, with
 ``tag`` ``train_inner`` (every --log-interval updates), ``valid`` and
-``train`` (epoch summaries). Values are strings; numbers are converted here.
+``train`` (epoch summaries); ``--log-file`` holds the bare JSON. Values are
+strings; numbers are converted here.
 
     python scripts/fairseq_logs.py plot --out curves.png baseline=runs/a/train.log rdrop=runs/b/train.log
 """
@@ -14,18 +15,33 @@ from pathlib import Path
 
 
 def read_records(log_path, tag):
-    """The records of one tag, values as floats where they are numbers."""
-    marker = f"| {tag} | "
+    """The records of one tag, values as floats where they are numbers.
+
+    Reads console output (``... | valid | {...}``) and ``--log-file`` files,
+    whose lines are the bare JSON; there the tag follows from the key prefix
+    (``valid_*``, ``train_*``, or none for ``train_inner``).
+    """
     records = []
     for line in Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines():
-        if marker not in line:
+        line_tag, _, payload = line.rpartition(" | ")
+        line_tag = line_tag.rpartition(" | ")[2] if line_tag else None
+        if not payload.startswith("{"):
             continue
         try:
-            raw = json.loads(line.split(marker, 1)[1])
+            raw = json.loads(payload)
         except json.JSONDecodeError:
             continue
-        records.append({key: _number(value) for key, value in raw.items()})
+        if (line_tag or _tag_of(raw)) == tag:
+            records.append({key: _number(value) for key, value in raw.items()})
     return records
+
+
+def _tag_of(record):
+    # train_inner records carry "train_wall" too, so look at the loss key.
+    for prefix in ("valid", "train"):
+        if prefix + "_loss" in record:
+            return prefix
+    return "train_inner"
 
 
 def _number(value):

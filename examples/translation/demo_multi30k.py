@@ -15,6 +15,7 @@ BLEU against updates for both runs) and the fairseq logs and checkpoints.
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -41,22 +42,30 @@ SPLITS = {
 }
 TEST_SPLITS = ("test", "test1", "test2")
 
-MODEL = {
+# The demo's setup, sized so that the baseline overfits a 2-core CPU's worth of
+# training (R-Drop is a regularizer: it pays off where the baseline overfits).
+SETUP = {
+    "train_subset": 6000,  # first N training pairs
+    "vocab_size": 4000,  # joint sentencepiece vocabulary
     "arch": "transformer",
     "encoder_layers": 3,
     "decoder_layers": 3,
     "embed_dim": 256,
-    "ffn_dim": 1024,
+    "ffn_dim": 512,
     "heads": 4,
     "dropout": 0.3,
+    "lr": 1e-3,
+    "warmup": 400,
+    "max_tokens": 2048,
 }
-# Budgets share the model; only the number of updates (and evaluation cadence)
-# changes. "tiny" exists for the end-to-end test.
+# Budgets share the setup; they change the number of updates and the
+# evaluation cadence. "tiny" exists for the end-to-end test.
 BUDGETS = {
-    "tiny": dict(max_update=30, interval=15, train_subset=2000, eval_subset=100, beam=2,
-                 model=dict(encoder_layers=1, decoder_layers=1, embed_dim=32, ffn_dim=64, heads=2)),
-    "default": dict(max_update=1200, interval=300),
-    "full": dict(max_update=6000, interval=500),
+    "tiny": dict(max_update=30, interval=15, eval_subset=100, beam=2,
+                 setup=dict(train_subset=2000, vocab_size=1000, encoder_layers=1, decoder_layers=1,
+                            embed_dim=32, ffn_dim=64, heads=2, warmup=10)),
+    "default": dict(max_update=600, interval=150),
+    "full": dict(max_update=2000, interval=250),
 }
 
 
@@ -129,7 +138,7 @@ def prepare_data(work, vocab_size, train_subset, eval_subset):
     return bin_dir
 
 
-def train(bin_dir, save_dir, alpha, seed, budget, model, lr, threads):
+def train(bin_dir, save_dir, alpha, seed, budget, model, threads):
     log_file = save_dir / "train.log"
     if (save_dir / "done").exists():
         log(f"reusing finished run {save_dir}")
@@ -148,9 +157,9 @@ def train(bin_dir, save_dir, alpha, seed, budget, model, lr, threads):
         "--dropout", model["dropout"], "--attention-dropout", 0.1, "--activation-dropout", 0.1,
         "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", alpha,
         "--label-smoothing", 0.1,
-        "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", lr, "--clip-norm", 0.0,
-        "--lr-scheduler", "inverse_sqrt", "--warmup-updates", min(400, budget["max_update"] // 3 + 1),
-        "--weight-decay", 0.0001, "--max-tokens", 4096, "--max-update", budget["max_update"],
+        "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", model["lr"], "--clip-norm", 0.0,
+        "--lr-scheduler", "inverse_sqrt", "--warmup-updates", model["warmup"], "--warmup-init-lr", 1e-7,
+        "--weight-decay", 0.0001, "--max-tokens", model["max_tokens"], "--max-update", budget["max_update"],
         "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
         "--save-interval", 100000, "--save-interval-updates", budget["interval"],
         "--keep-interval-updates", 1, "--no-epoch-checkpoints",
@@ -246,9 +255,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="seeds; each trains both arms")
     parser.add_argument("--alpha", type=float, default=5.0, help="--rdrop-alpha of the R-Drop arm")
     parser.add_argument("--max-update", type=int, help="override the budget's number of updates")
-    parser.add_argument("--dropout", type=float, help="override the model's dropout")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--vocab-size", type=int, default=8000, help="joint sentencepiece vocabulary")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a setup value, e.g. --set dropout=0.2; keys: {', '.join(SETUP)}")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per fairseq process")
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "multi30k-demo")
     args = parser.parse_args(argv)
@@ -256,29 +264,33 @@ def main(argv=None):
     budget = dict(BUDGETS[args.budget])
     if args.max_update:
         budget["max_update"] = args.max_update
-    model = {**MODEL, **budget.get("model", {})}
-    if args.dropout is not None:
-        model["dropout"] = args.dropout
-    vocab = min(args.vocab_size, 1000) if args.budget == "tiny" else args.vocab_size
+    model = {**SETUP, **budget.get("setup", {})}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in SETUP:
+            parser.error(f"--set {item}: unknown key {key!r}; known: {', '.join(SETUP)}")
+        model[key] = type(SETUP[key])(value)
     if shutil.which("fairseq-train") is None:
         raise SystemExit("fairseq-train is not on PATH: run bash examples/translation/run_demo.sh, "
                          "or activate an environment with fairseq-fixed installed")
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     log(f"budget {args.budget}: {budget['max_update']} updates per run, model {model}, seeds {args.seeds}")
-    bin_dir = prepare_data(work, vocab, budget.get("train_subset"), budget.get("eval_subset"))
+    data_key = f"data-{model['train_subset']}-{model['vocab_size']}-{budget.get('eval_subset', 'all')}"
+    bin_dir = prepare_data(work / data_key, model["vocab_size"], model["train_subset"], budget.get("eval_subset"))
 
-    results = {"budget": args.budget, "max_update": budget["max_update"], "model": model, "lr": args.lr,
-               "vocab_size": vocab, "threads": args.threads, "runs": {}}
+    setup_tag = hashlib.sha1(json.dumps(model, sort_keys=True).encode()).hexdigest()[:8]
+    results = {"budget": args.budget, "max_update": budget["max_update"], "setup": model,
+               "threads": args.threads, "runs": {}}
     for name, alpha in (("baseline", 0.0), ("rdrop", args.alpha)):
         arm = results["runs"][name] = {"alpha": alpha, "seeds": []}
         for seed in args.seeds:
-            save_dir = work / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}"
-            log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.lr, args.threads)
+            save_dir = work / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}-{setup_tag}"
+            log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.threads)
             arm["seeds"].append({
                 "seed": seed, "train_seconds": round(seconds, 1), "log": str(log_file),
                 **best_valid(log_file),
-                "test": evaluate(bin_dir, save_dir, work, budget.get("beam", 5), args.threads),
+                "test": evaluate(bin_dir, save_dir, bin_dir.parent, budget.get("beam", 5), args.threads),
             })
     first_test = SPLITS[TEST_SPLITS[0]]
     results["delta_bleu"] = round(

@@ -1,0 +1,51 @@
+"""Helpers for tests that drive fairseq's command-line tools on real data slices."""
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+USER_DIR = str(REPO / "rdrop_fairseq")
+MULTI30K = REPO / "data" / "translation" / "multi30k"
+WIKITEXT2 = REPO / "data" / "language_modeling" / "wikitext-2"
+sys.path.insert(0, str(REPO))
+
+from scripts.fairseq_logs import read_records  # noqa: E402
+
+
+def tool(name):
+    """A fairseq console script from the running interpreter's environment."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def run_tool(name, *args, timeout=600, check=True, cwd=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run(
+        [tool(name), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+    return proc
+
+
+def head_lines(path, count):
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [next(f).rstrip("\n") for _ in range(count)]
+
+
+def write_lines(path, lines):
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def train_records(log_path, tag="train_inner"):
+    return read_records(log_path, tag)

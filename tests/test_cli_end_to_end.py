@@ -1,0 +1,179 @@
+"""fairseq's own command-line tools with --user-dir rdrop_fairseq on real data slices."""
+
+import os
+import re
+import socket
+import subprocess
+
+import pytest
+import sentencepiece as spm
+from sacrebleu.metrics import BLEU
+
+from .cli import MULTI30K, USER_DIR, WIKITEXT2, head_lines, run_tool, tool, train_records, write_lines
+
+TINY_TRANSFORMER = [
+    "--arch", "transformer", "--share-all-embeddings",
+    "--encoder-layers", 1, "--decoder-layers", 1,
+    "--encoder-embed-dim", 64, "--decoder-embed-dim", 64,
+    "--encoder-ffn-embed-dim", 128, "--decoder-ffn-embed-dim", 128,
+    "--encoder-attention-heads", 2, "--decoder-attention-heads", 2,
+    "--dropout", 0.2,
+]
+COMMON_TRAIN = [
+    "--user-dir", USER_DIR, "--cpu", "--seed", 3, "--num-workers", 0,
+    "--optimizer", "adam", "--lr", 3e-3, "--lr-scheduler", "inverse_sqrt", "--warmup-updates", 10,
+    "--log-format", "json", "--log-interval", 5, "--no-epoch-checkpoints",
+]
+RDROP = ["--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", 5]
+
+
+@pytest.fixture(scope="module")
+def multi30k_bin(tmp_path_factory):
+    """Sentencepiece + fairseq-preprocess of a real Multi30k slice (en->de)."""
+    root = tmp_path_factory.mktemp("multi30k")
+    sizes = {"train": ("train", 1500), "valid": ("val", 60), "test": ("test_2016_flickr", 60)}
+    for split, (stem, count) in sizes.items():
+        for lang in ("en", "de"):
+            write_lines(root / f"{split}.raw.{lang}", head_lines(MULTI30K / f"{stem}.{lang}.gz", count))
+    spm.SentencePieceTrainer.train(
+        input=[str(root / "train.raw.en"), str(root / "train.raw.de")],
+        model_prefix=str(root / "spm"), vocab_size=600, character_coverage=1.0, minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(root / "spm.model"))
+    for split in sizes:
+        for lang in ("en", "de"):
+            lines = (root / f"{split}.raw.{lang}").read_text(encoding="utf-8").splitlines()
+            write_lines(root / f"{split}.{lang}", [" ".join(p) for p in sp.encode(lines, out_type=str)])
+    run_tool(
+        "fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
+        "--trainpref", root / "train", "--validpref", root / "valid", "--testpref", root / "test",
+        "--destdir", root / "bin", "--workers", 1,
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def translation_run(multi30k_bin):
+    """Train with R-Drop and --eval-bleu validation; returns (data root, save dir, log)."""
+    save = multi30k_bin / "ckpt"
+    save.mkdir()
+    run_tool(
+        "fairseq-train", multi30k_bin / "bin", "--task", "translation", *TINY_TRANSFORMER, *COMMON_TRAIN, *RDROP,
+        "--label-smoothing", 0.1, "--max-tokens", 1024, "--max-update", 60,
+        "--eval-bleu", "--eval-bleu-args", '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}',
+        "--eval-bleu-remove-bpe", "sentencepiece", "--eval-bleu-detok", "space",
+        "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
+        "--save-dir", save, "--log-file", save / "train.log",
+    )
+    return multi30k_bin, save, save / "train.log"
+
+
+def test_translation_training_loss_falls_and_kl_is_logged(translation_run):
+    _, _, log = translation_run
+    records = train_records(log)
+    assert len(records) >= 6
+    assert {"loss", "nll_loss", "kl_loss", "ppl", "num_updates"} <= set(records[0])
+    assert records[-1]["loss"] < records[0]["loss"] - 1.0
+    assert all(r["kl_loss"] > 0 for r in records)
+
+
+def test_translation_validation_runs_eval_bleu_single_pass(translation_run):
+    _, _, log = translation_run
+    valid = train_records(log, "valid")
+    assert valid and all(isinstance(r.get("valid_bleu"), float) for r in valid)
+    assert "valid_kl_loss" not in valid[-1]
+
+
+def test_generate_from_the_checkpoint_and_score_with_sacrebleu(translation_run):
+    root, save, _ = translation_run
+    out = run_tool(
+        "fairseq-generate", root / "bin", "--user-dir", USER_DIR, "--path", save / "checkpoint_best.pt",
+        "--cpu", "--beam", 2, "--batch-size", 32, "--remove-bpe", "sentencepiece", "--gen-subset", "test",
+    ).stdout
+    hyps = dict(re.findall(r"^D-(\d+)\t[^\t]*\t(.*)$", out, flags=re.M))
+    refs = (root / "test.raw.de").read_text(encoding="utf-8").splitlines()
+    assert len(hyps) >= 0.9 * len(refs)
+    score = BLEU().corpus_score([hyps.get(str(i), "") for i in range(len(refs))], [refs])
+    assert 0.0 <= score.score <= 100.0 and score.sys_len > 0
+
+
+def test_bad_alpha_fails_at_start_up_naming_the_flag(multi30k_bin):
+    proc = run_tool(
+        "fairseq-train", multi30k_bin / "bin", "--task", "translation", *TINY_TRANSFORMER, *COMMON_TRAIN,
+        "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", -1, "--max-update", 1, "--max-tokens", 1024,
+        "--save-dir", multi30k_bin / "bad", check=False, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "--rdrop-alpha must be a finite number >= 0, got -1.0" in proc.stdout
+    assert not (multi30k_bin / "bad" / "checkpoint_last.pt").exists()
+
+
+def test_two_rank_data_parallel_training_on_cpu_logs_the_same_keys(multi30k_bin):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    save = multi30k_bin / "ddp"
+    save.mkdir()
+    args = [
+        tool("fairseq-train"), multi30k_bin / "bin", "--task", "translation", *TINY_TRANSFORMER, *COMMON_TRAIN,
+        *RDROP, "--label-smoothing", 0.1, "--max-tokens", 512, "--max-update", 8, "--save-dir", save,
+        "--distributed-world-size", 2, "--distributed-init-method", f"tcp://127.0.0.1:{port}",
+        "--distributed-no-spawn", "--device-id", 0, "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
+    ]
+    procs = [
+        subprocess.Popen(
+            [str(a) for a in args] + ["--distributed-rank", str(rank), "--log-file", str(save / f"rank{rank}.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
+        for rank in (0, 1)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    records = train_records(save / "rank0.log")
+    assert records and {"loss", "nll_loss", "kl_loss", "ppl"} <= set(records[-1])
+    summary = train_records(save / "rank0.log", "train")[-1]
+    assert summary["train_num_updates"] == 8 and summary["train_kl_loss"] > 0
+    assert (save / "checkpoint_last.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def wikitext_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wikitext2")
+    write_lines(root / "train.txt", head_lines(WIKITEXT2 / "wiki.train.tokens.gz", 1500))
+    write_lines(root / "valid.txt", head_lines(WIKITEXT2 / "wiki.valid.tokens", 150))
+    write_lines(root / "test.txt", head_lines(WIKITEXT2 / "wiki.test.tokens", 150))
+    run_tool(
+        "fairseq-preprocess", "--only-source", "--trainpref", root / "train.txt", "--validpref",
+        root / "valid.txt", "--testpref", root / "test.txt", "--destdir", root / "bin", "--workers", 1,
+    )
+    save = root / "ckpt"
+    save.mkdir()
+    run_tool(
+        "fairseq-train", root / "bin", "--task", "language_modeling", "--arch", "transformer_lm",
+        "--decoder-layers", 1, "--decoder-embed-dim", 64, "--decoder-ffn-embed-dim", 128,
+        "--decoder-attention-heads", 2, "--share-decoder-input-output-embed", "--dropout", 0.2,
+        "--tokens-per-sample", 64, "--sample-break-mode", "none", "--max-tokens", 1024,
+        *COMMON_TRAIN, "--criterion", "label_smoothed_cross_entropy_rdrop", "--label-smoothing", 0,
+        "--rdrop-alpha", 1.0, "--max-update", 40, "--save-dir", save, "--log-file", save / "train.log",
+    )
+    return root, save
+
+
+def test_language_model_training_loss_falls_and_kl_is_logged(wikitext_run):
+    _, save = wikitext_run
+    records = train_records(save / "train.log")
+    assert records[-1]["loss"] < records[0]["loss"] - 1.0
+    assert all(r["kl_loss"] > 0 for r in records)
+    valid = train_records(save / "train.log", "valid")
+    assert valid and "valid_kl_loss" not in valid[-1]
+
+
+def test_eval_lm_reads_the_checkpoint_and_reports_perplexity(wikitext_run):
+    root, save = wikitext_run
+    out = run_tool(
+        "fairseq-eval-lm", root / "bin", "--user-dir", USER_DIR, "--path", save / "checkpoint_last.pt",
+        "--cpu", "--gen-subset", "test", "--tokens-per-sample", 64, "--context-window", 32, "--batch-size", 8,
+    ).stdout
+    match = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", out)
+    assert match, out[-2000:]
+    loss, ppl = map(float, match.groups())
+    assert ppl == pytest.approx(2**loss, rel=1e-2) and ppl < 5000
