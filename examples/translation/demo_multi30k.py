@@ -45,11 +45,11 @@ TEST_SPLITS = ("test", "test1", "test2")
 # The demo's setup, sized so that the baseline overfits a 2-core CPU's worth of
 # training (R-Drop is a regularizer: it pays off where the baseline overfits).
 SETUP = {
-    "train_subset": 6000,  # first N training pairs
+    "train_subset": 5000,  # first N training pairs
     "vocab_size": 4000,  # joint sentencepiece vocabulary
     "arch": "transformer",
-    "encoder_layers": 3,
-    "decoder_layers": 3,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
     "embed_dim": 256,
     "ffn_dim": 512,
     "heads": 4,
@@ -65,7 +65,7 @@ BUDGETS = {
                  setup=dict(train_subset=2000, vocab_size=1000, encoder_layers=1, decoder_layers=1,
                             embed_dim=32, ffn_dim=64, heads=2, warmup=10)),
     "default": dict(max_update=600, interval=150),
-    "full": dict(max_update=2000, interval=250),
+    "full": dict(max_update=1500, interval=250),
 }
 
 
