@@ -88,11 +88,13 @@ def plot(runs, out_path, title=None):
     panels = [p for p in panels if any(_present(c[p[0]][p[1]]) for c in runs.values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (split, key, label) in zip(axes[0], panels):
-        for name, run in runs.items():
+        for index, (name, run) in enumerate(runs.items()):
             xs, ys = run[split]["updates"], run[split][key]
             points = [(x, y) for x, y in zip(xs, ys) if isinstance(y, float)]
             if points:
-                ax.plot(*zip(*points), marker="o" if split == "valid" else None, ms=3, label=name)
+                # One colour per run in every panel, markers where points are few.
+                marker = "o" if len(points) <= 30 else None
+                ax.plot(*zip(*points), color=f"C{index}", marker=marker, ms=3, label=name)
         ax.set_xlabel("updates")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
