@@ -6,13 +6,13 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${RDROP_VENV:-$root/.venv}"
-python="${PYTHON:-python3.11}"
+python="${PYTHON:-$(command -v python3.11 || command -v python3 || true)}"
 torch_spec="${RDROP_TORCH:-torch==2.13.0}"
 stamp="$venv/.rdrop-installed"
 want="$(cat "$root/requirements.txt" "$root/pyproject.toml" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1) $torch_spec"
 
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  command -v "$python" >/dev/null || { echo "setup_env: $python not found; install Python 3.11 or set PYTHON=/path/to/python3.11" >&2; exit 1; }
+  [ -n "$python" ] || { echo "setup_env: no python3.11 or python3 on PATH; install Python 3.11 or set PYTHON=/path/to/python3.11" >&2; exit 1; }
   echo "setup_env: installing into $venv (a few minutes the first time)" >&2
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
