@@ -193,6 +193,8 @@ def evaluate(bin_dir, save_dir, work, beam, threads):
                         "fairseq-generate", str(bin_dir), "--user-dir", str(REPO / "rdrop_fairseq"),
                         "--path", str(save_dir / "checkpoint_best.pt"), "--gen-subset", split,
                         "--cpu", "--beam", str(beam), "--batch-size", "128",
+                        # fairseq otherwise drops a last batch whose size is not a multiple of 8
+                        "--required-batch-size-multiple", "1",
                         "--remove-bpe", "sentencepiece", "--max-len-a", "1.2", "--max-len-b", "10",
                     ],
                     stdout=sink, stderr=subprocess.PIPE, text=True, check=True, env=env,
@@ -204,14 +206,15 @@ def evaluate(bin_dir, save_dir, work, beam, threads):
             if match:
                 hyps[int(match.group(1))] = match.group(2)
         refs = (work / "raw" / f"{split}.{TGT}").read_text(encoding="utf-8").splitlines()
+        if len(hyps) != len(refs):
+            raise SystemExit(f"{out}: {len(hyps)} hypotheses for {len(refs)} references; delete it and rerun")
         # A sentence fairseq-generate returns no hypothesis for scores as empty.
         metric = BLEU()
-        bleu = metric.corpus_score([hyps.get(i, "") for i in range(len(refs))], [refs])
+        bleu = metric.corpus_score([hyps[i] for i in range(len(refs))], [refs])
         scores[SPLITS[split]] = {
             "bleu": round(bleu.score, 2),
             "signature": str(metric.get_signature()),
             "sentences": len(refs),
-            "untranslated": len(refs) - len(hyps),
         }
     return scores
 

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Scores a trained model on the test set the way the R-Drop paper reports BLEU
+# (fairseq-generate --remove-bpe, compound splitting, fairseq-score: tokenized
+# BLEU) and also prints detokenized sacreBLEU with its signature.
+#   IWSLT'14 De-En: beam 5, checkpoint_best.pt (lowercased text; sacreBLEU
+#   against the detokenized tokenized reference).
+#   WMT'14 En-De/En-Fr: beam 4, length penalty 0.6, averaged checkpoint;
+#   sacreBLEU against the original newstest2014 reference.
+#
+#   bash examples/translation/evaluate.sh iwslt14
+#   bash examples/translation/evaluate.sh wmt14-en-de
+#   CHECKPOINT=ckpt.pt DATA=data-bin/x bash examples/translation/evaluate.sh iwslt14 --batch-size 32
+#   GEN_OUT=gen.out bash examples/translation/evaluate.sh iwslt14   # score an existing output only
+#
+# Environment: DATA, CHECKPOINT, GEN_OUT, BEAM, LENPEN, BATCH_SIZE (128).
+# Extra arguments are passed to fairseq-generate.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+source "$here/common.sh"
+
+task="${1:-}"
+case "$task" in
+  iwslt14)
+    src=de tgt=en
+    DATA="${DATA:-$root/runs/data-bin/iwslt14.tokenized.de-en}"
+    CHECKPOINT="${CHECKPOINT:-$root/runs/checkpoints/iwslt14_de_en_alpha5_seed64/checkpoint_best.pt}"
+    BEAM="${BEAM:-5}" LENPEN="${LENPEN:-1}"
+    raw_ref="" ;;
+  wmt14-en-de | wmt14-en-fr)
+    src=en tgt="${task#wmt14-en-}"
+    DATA="${DATA:-$root/runs/data-bin/wmt14_${src}_${tgt}}"
+    CHECKPOINT="${CHECKPOINT:-$root/runs/checkpoints/wmt14_${src}_${tgt}_alpha5_seed1/checkpoint_avg10.pt}"
+    BEAM="${BEAM:-4}" LENPEN="${LENPEN:-0.6}"
+    raw_ref="$DATA/test.raw.$tgt" ;;
+  *) die "usage: evaluate.sh {iwslt14|wmt14-en-de|wmt14-en-fr} [fairseq-generate options]" ;;
+esac
+shift
+BATCH_SIZE="${BATCH_SIZE:-128}"
+
+if [ -n "${GEN_OUT:-}" ]; then
+  [ -f "$GEN_OUT" ] || die "GEN_OUT=$GEN_OUT does not exist"
+  gen="$GEN_OUT"
+else
+  for f in "dict.$src.txt" "test.$src-$tgt.$src.bin"; do
+    [ -f "$DATA/$f" ] || die "binarized data not found: $DATA/$f is missing (set DATA)"
+  done
+  [ -f "$CHECKPOINT" ] || die "checkpoint not found: $CHECKPOINT (set CHECKPOINT)"
+  command -v fairseq-generate >/dev/null || source "$root/scripts/setup_env.sh"
+  command -v fairseq-generate >/dev/null || die "fairseq-generate not found on PATH (install fairseq)"
+  user_dir="$(python -c 'import rdrop_fairseq,os;print(os.path.dirname(rdrop_fairseq.__file__))')" \
+    || die "python package rdrop_fairseq is not importable (pip install -e . in $root)"
+  device=()
+  [ "$(python -c 'import torch; print(int(torch.cuda.is_available()))')" = 1 ] || device=(--cpu)
+  gen="$(dirname "$CHECKPOINT")/generate-test.$(basename "$CHECKPOINT" .pt).beam$BEAM.txt"
+  # fairseq 0.12 drops a last batch that is not a multiple of
+  # --required-batch-size-multiple (default 8), i.e. up to 7 test sentences.
+  fairseq-generate "$DATA" --user-dir "$user_dir" --source-lang "$src" --target-lang "$tgt" \
+    --path "$CHECKPOINT" --gen-subset test --beam "$BEAM" --lenpen "$LENPEN" --remove-bpe \
+    --batch-size "$BATCH_SIZE" --required-batch-size-multiple 1 "${device[@]}" "$@" > "$gen"
+  echo "evaluate.sh: translations in $gen" >&2
+fi
+command -v fairseq-score >/dev/null || source "$root/scripts/setup_env.sh"
+
+ref_args=()
+if [ -n "$raw_ref" ]; then
+  [ -f "$raw_ref" ] || die "untokenized reference for sacreBLEU not found: $raw_ref (written by prepare_wmt14.sh)"
+  ref_args=(--sacrebleu-ref "$raw_ref")
+fi
+python "$root/scripts/compound_split_bleu.py" "$gen" --sacrebleu-lang "$tgt" "${ref_args[@]}"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Prepares IWSLT'14 De-En exactly as fairseq's prepare-iwslt14.sh does (the data
+# of the R-Drop paper's IWSLT result, 37.25 BLEU), with sacremoses/subword-nmt
+# instead of Moses Perl scripts, then binarizes it with a joined dictionary.
+#
+#   bash examples/translation/prepare_iwslt14.sh                  # downloads de-en.tgz
+#   bash examples/translation/prepare_iwslt14.sh --tgz de-en.tgz  # offline
+#   bash examples/translation/prepare_iwslt14.sh --orig path/to/de-en
+#
+# Environment: TEXT (tokenized+BPE text, default runs/iwslt14.tokenized.de-en),
+# DATA (binarized output, default runs/data-bin/iwslt14.tokenized.de-en),
+# WORKERS (default: number of CPUs).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+source "$here/common.sh"
+
+TEXT="${TEXT:-$root/runs/iwslt14.tokenized.de-en}"
+DATA="${DATA:-$root/runs/data-bin/iwslt14.tokenized.de-en}"
+WORKERS="${WORKERS:-$(nproc 2>/dev/null || echo 1)}"
+
+# Check local inputs before anything slow, so a typo fails at once.
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    --tgz) [ -f "${args[i+1]:-}" ] || die "--tgz file not found: ${args[i+1]:-<missing>}" ;;
+    --orig) [ -d "${args[i+1]:-}" ] || die "--orig folder not found: ${args[i+1]:-<missing>}" ;;
+  esac
+done
+
+command -v fairseq-preprocess >/dev/null || source "$root/scripts/setup_env.sh"
+command -v fairseq-preprocess >/dev/null || die "fairseq-preprocess not found on PATH (install fairseq, see README.md)"
+python -c "import sacremoses, subword_nmt" 2>/dev/null || die "python packages sacremoses and subword-nmt are required (pip install sacremoses subword-nmt)"
+
+python "$here/prepare_iwslt14.py" --out "$TEXT" --workers "$WORKERS" "$@"
+
+fairseq-preprocess --source-lang de --target-lang en \
+  --trainpref "$TEXT/train" --validpref "$TEXT/valid" --testpref "$TEXT/test" \
+  --destdir "$DATA" --joined-dictionary --workers "$WORKERS"
+echo "prepare_iwslt14.sh: binarized data in $DATA"
