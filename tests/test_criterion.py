@@ -230,6 +230,14 @@ def test_empty_batch_gives_zero_loss_and_a_working_backward(task):
     assert sample_size == 0 and objective.item() == 0.0 and log["nsentences"] == 0
 
 
+def test_a_batch_without_target_is_rejected_with_a_clear_error(task):
+    model, criterion = make_model(task), make_criterion(task)
+    sample = make_sample(task)
+    del sample["target"]
+    with pytest.raises(ValueError, match="needs batches with a 'target'"):
+        criterion(model, sample)
+
+
 @pytest.mark.parametrize("alpha", [-1.0, float("nan"), float("inf")])
 def test_bad_alpha_is_rejected_with_the_flag_named(task, alpha):
     with pytest.raises(ValueError, match="--rdrop-alpha"):

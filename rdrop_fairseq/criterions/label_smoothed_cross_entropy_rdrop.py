@@ -99,6 +99,11 @@ class LabelSmoothedCrossEntropyRDropCriterion(LabelSmoothedCrossEntropyCriterion
 
     def forward(self, model, sample, reduce=True):
         rdrop = model.training and self.rdrop_alpha > 0
+        if sample.get("target") is None:
+            raise ValueError(
+                "label_smoothed_cross_entropy_rdrop needs batches with a 'target' (as "
+                "--task translation and language_modeling give); this batch has none"
+            )
         if sample["target"].numel() == 0:
             return self.empty_batch_output(model, rdrop)
         if not rdrop:
