@@ -13,6 +13,11 @@ keeps nothing but its two inputs for backward (log-softmax keeps those alive
 anyway) and works through the tokens in row chunks, so the KL adds no
 tokens x vocabulary tensor that outlives the call.
 
+:func:`adaptive_symmetric_kl` gives the same quantity for an adaptive softmax
+from the head's and each tail cluster's log-probabilities, exactly, without a
+tokens x vocabulary tensor (the factorisation is derived in
+``rdrop_fairseq/criterions/adaptive_loss_rdrop.py``).
+
 These functions serve the fairseq criteria in this package and any other
 training loop, e.g. a Hugging Face ``Trainer.compute_loss``::
 
@@ -20,7 +25,7 @@ training loop, e.g. a Hugging Face ``Trainer.compute_loss``::
     loss, ce, kl, ntokens = rdrop_loss(logits1, logits2, labels, alpha=5.0)
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +113,92 @@ def symmetric_kl(
     else:
         keep_rows = keep.reshape(-1).to(device=a.device, dtype=torch.bool)
     return _SymmetricKL.apply(a, b, keep_rows).view(lprobs1.shape[:-1])
+
+
+class _TailClusterKL(torch.autograd.Function):
+    """Per row 1/2 (w1 KL(T1||T2) + w2 KL(T2||T1)) for one tail cluster.
+
+    ``a`` and ``b`` are the two passes' log-probabilities over the cluster's
+    words (rows x cluster size), ``w1`` and ``w2`` their head probabilities of
+    the cluster (rows). Only the inputs and two per-row vectors are kept for
+    backward and the work goes in row chunks, so a large cluster adds no
+    rows x cluster-size tensor beyond the log-probabilities themselves.
+    Rows where ``keep`` is False give 0 and get a zero gradient, whatever
+    the inputs hold there.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, w1, w2, keep):
+        kl12 = a.new_empty(a.shape[0])
+        kl21 = a.new_empty(a.shape[0])
+        for rows in _row_chunks(a.shape[0]):
+            log_ratio = _log_ratio(a[rows], b[rows])
+            kl12[rows] = (a[rows].exp() * log_ratio).sum(-1)
+            kl21[rows] = (b[rows].exp() * log_ratio).sum(-1).neg_()
+        ctx.save_for_backward(a, b, w1, w2, keep, kl12, kl21)
+        return (0.5 * (w1 * kl12 + w2 * kl21)).masked_fill_(~keep, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a, b, w1, w2, keep, kl12, kl21 = ctx.saved_tensors
+        half_grad = (0.5 * grad_out).masked_fill_(~keep, 0.0)
+        grad_a = torch.empty_like(a)
+        grad_b = torch.empty_like(b)
+        for rows in _row_chunks(a.shape[0]):
+            p1, p2 = a[rows].exp(), b[rows].exp()
+            log_ratio = _log_ratio(a[rows], b[rows])
+            scale = half_grad[rows].unsqueeze(-1)
+            weight1, weight2 = w1[rows].unsqueeze(-1), w2[rows].unsqueeze(-1)
+            # d/da [w1 sum p1 (a - b) + w2 sum p2 (b - a)] = w1 p1 (1 + a - b) - w2 p2, and
+            # d/db of it = w2 p2 (1 - (a - b)) - w1 p1, treating a and b entrywise
+            # (the log-softmax backward that produced them handles normalisation).
+            grad_a[rows] = (weight1 * p1 * (1.0 + log_ratio) - weight2 * p2) * scale
+            grad_b[rows] = (weight2 * p2 * (1.0 - log_ratio) - weight1 * p1) * scale
+        drop = ~keep.unsqueeze(-1)
+        return (
+            grad_a.masked_fill_(drop, 0.0),
+            grad_b.masked_fill_(drop, 0.0),
+            (half_grad * kl12).masked_fill_(~keep, 0.0),
+            (half_grad * kl21).masked_fill_(~keep, 0.0),
+            None,
+        )
+
+
+def adaptive_symmetric_kl(
+    head_lprobs1: torch.Tensor,
+    head_lprobs2: torch.Tensor,
+    tail_lprobs1: Sequence[torch.Tensor],
+    tail_lprobs2: Sequence[torch.Tensor],
+    keep: torch.Tensor,
+) -> torch.Tensor:
+    """Per-token 1/2 (KL(P1||P2) + KL(P2||P1)) of two adaptive-softmax distributions.
+
+    Args:
+        head_lprobs1, head_lprobs2: ``(N, shortlist + C)`` head log-probabilities
+            of the two passes, the last ``C`` columns being the tail clusters in
+            order.
+        tail_lprobs1, tail_lprobs2: ``C`` tensors each, ``(N, size of cluster c)``,
+            the log-probabilities within each cluster.
+        keep: ``(N,)`` bool; rows where it is False (padding) give 0 and receive
+            no gradient.
+
+    Returns:
+        ``(N,)``: the symmetric KL between the full next-token distributions,
+        in the dtype of the inputs (float32 at least).
+    """
+    dtype = torch.promote_types(head_lprobs1.dtype, torch.float32)
+    first_cluster = head_lprobs1.shape[-1] - len(tail_lprobs1)
+    kl = symmetric_kl(head_lprobs1, head_lprobs2, keep)
+    for cluster, (tail1, tail2) in enumerate(zip(tail_lprobs1, tail_lprobs2)):
+        column = first_cluster + cluster
+        kl = kl + _TailClusterKL.apply(
+            tail1.to(dtype),
+            tail2.to(dtype),
+            head_lprobs1[:, column].to(dtype).exp(),
+            head_lprobs2[:, column].to(dtype).exp(),
+            keep,
+        )
+    return kl
 
 
 class RDropLoss(NamedTuple):
