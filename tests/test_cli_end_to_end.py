@@ -4,12 +4,13 @@ import os
 import re
 import socket
 import subprocess
+import sys
 
 import pytest
 import sentencepiece as spm
 from sacrebleu.metrics import BLEU
 
-from .cli import MULTI30K, USER_DIR, WIKITEXT2, head_lines, run_tool, tool, train_records, write_lines
+from .cli import MULTI30K, REPO, USER_DIR, WIKITEXT2, head_lines, run_tool, tool, train_records, write_lines
 
 TINY_TRANSFORMER = [
     "--arch", "transformer", "--share-all-embeddings",
@@ -178,3 +179,23 @@ def test_eval_lm_reads_the_checkpoint_and_reports_perplexity(wikitext_run):
     assert match, out[-2000:]
     loss, ppl = map(float, match.groups())
     assert ppl == pytest.approx(2**loss, rel=1e-2) and ppl < 5000
+
+
+def test_log_plotter_draws_a_real_runs_curves(translation_run, tmp_path):
+    _, _, log = translation_run
+    out = tmp_path / "curves.png"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "fairseq_logs.py"), "plot", "--out", str(out), f"rdrop={log}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_log_plotter_rejects_a_missing_log_by_name(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "fairseq_logs.py"), "plot", "--out", str(tmp_path / "x.png"),
+         f"run={tmp_path / 'missing.log'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "missing.log" in proc.stderr
