@@ -14,8 +14,8 @@ def test_translation_demo_writes_table_results_and_plot(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
-    table = proc.stdout[proc.stdout.index("run      | alpha"):]
-    assert "baseline | 0.0" in table and "rdrop    | 5.0" in table
+    table = proc.stdout[proc.stdout.index("run      | alpha | seed"):]
+    assert "baseline | 0     | 1" in table and "rdrop    | 5     | 1" in table
     assert "R-Drop - baseline, test_2016_flickr sacreBLEU" in table
 
     results = json.loads((tmp_path / "results.json").read_text())

@@ -228,21 +228,26 @@ def best_valid(log_file):
 
 
 def print_table(results):
+    """One row per run and seed, plus the mean over seeds when there are several."""
     arms = results["runs"]
     tests = list(next(iter(arms.values()))["seeds"][0]["test"])
-    header = ["run", "alpha", "seeds"] + [f"{t} BLEU" for t in tests] + ["best valid loss", "train min/seed"]
+    header = ["run", "alpha", "seed"] + [f"{t} BLEU" for t in tests] + ["best valid BLEU", "train min"]
     rows = []
     for name, arm in arms.items():
-        seeds = arm["seeds"]
-        row = [name, str(arm["alpha"]), ",".join(str(s["seed"]) for s in seeds)]
-        row += [f"{_mean(s['test'][t]['bleu'] for s in seeds):.2f}" for t in tests]
-        row += [f"{_mean(s['best_valid_loss'] for s in seeds):.3f}", f"{_mean(s['train_seconds'] for s in seeds) / 60:.1f}"]
-        rows.append(row)
+        groups = [(str(s["seed"]), [s]) for s in arm["seeds"]]
+        if len(arm["seeds"]) > 1:
+            groups.append(("mean", arm["seeds"]))
+        for label, seeds in groups:
+            rows.append(
+                [name, f"{arm['alpha']:g}", label]
+                + [f"{_mean(s['test'][t]['bleu'] for s in seeds):.2f}" for t in tests]
+                + [f"{_mean(s['best_valid_bleu'] for s in seeds):.2f}",
+                   f"{_mean(s['train_seconds'] for s in seeds) / 60:.1f}"]
+            )
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths]] + rows:
         print(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
-    delta = results["delta_bleu"]
-    print(f"R-Drop - baseline, {tests[0]} sacreBLEU (mean over seeds): {delta:+.2f}")
+    print(f"R-Drop - baseline, {tests[0]} sacreBLEU (mean over seeds): {results['delta_bleu']:+.2f}")
 
 
 def _mean(values):
