@@ -69,6 +69,12 @@ BUDGETS = {
 }
 
 
+def tool(name):
+    """A fairseq console script, preferring the running interpreter's environment."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
 def log(message):
     print(f"[demo] {message}", flush=True)
 
@@ -128,7 +134,7 @@ def prepare_data(work, vocab_size, train_subset, eval_subset):
     shutil.rmtree(tmp_bin, ignore_errors=True)
     run(
         [
-            "fairseq-preprocess", "--source-lang", SRC, "--target-lang", TGT, "--joined-dictionary",
+            tool("fairseq-preprocess"), "--source-lang", SRC, "--target-lang", TGT, "--joined-dictionary",
             "--trainpref", sp_dir / "train", "--validpref", sp_dir / "valid",
             "--testpref", ",".join(str(sp_dir / s) for s in TEST_SPLITS),
             "--destdir", tmp_bin, "--workers", "2",
@@ -147,7 +153,7 @@ def train(bin_dir, save_dir, alpha, seed, budget, model, threads):
     save_dir.mkdir(parents=True)
     user_dir = REPO / "rdrop_fairseq"
     cmd = [
-        "fairseq-train", bin_dir, "--user-dir", user_dir, "--task", "translation",
+        tool("fairseq-train"), bin_dir, "--user-dir", user_dir, "--task", "translation",
         "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", seed,
         "--arch", model["arch"], "--share-all-embeddings",
         "--encoder-layers", model["encoder_layers"], "--decoder-layers", model["decoder_layers"],
@@ -190,7 +196,7 @@ def evaluate(bin_dir, save_dir, work, beam, threads):
             with open(tmp, "w") as sink:
                 subprocess.run(
                     [
-                        "fairseq-generate", str(bin_dir), "--user-dir", str(REPO / "rdrop_fairseq"),
+                        tool("fairseq-generate"), str(bin_dir), "--user-dir", str(REPO / "rdrop_fairseq"),
                         "--path", str(save_dir / "checkpoint_best.pt"), "--gen-subset", split,
                         "--cpu", "--beam", str(beam), "--batch-size", "128",
                         # fairseq otherwise drops a last batch whose size is not a multiple of 8
@@ -278,7 +284,7 @@ def main(argv=None):
         if key not in SETUP:
             parser.error(f"--set {item}: unknown key {key!r}; known: {', '.join(SETUP)}")
         model[key] = type(SETUP[key])(value)
-    if shutil.which("fairseq-train") is None:
+    if tool("fairseq-train") is None:
         raise SystemExit("fairseq-train is not on PATH: run bash examples/translation/run_demo.sh, "
                          "or activate an environment with fairseq-fixed installed")
     work = args.workdir
