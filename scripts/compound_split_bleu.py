@@ -53,7 +53,8 @@ def read_generate_output(path) -> Tuple[List[str], List[str]]:
 
 
 def fairseq_score(sys_path, ref_path) -> str:
-    exe = shutil.which("fairseq-score")
+    beside_python = Path(sys.executable).parent / "fairseq-score"
+    exe = str(beside_python) if beside_python.exists() else shutil.which("fairseq-score")
     if exe is None:
         raise SystemExit("error: fairseq-score not found on PATH (install fairseq)")
     out = subprocess.run([exe, "--sys", str(sys_path), "--ref", str(ref_path)],
