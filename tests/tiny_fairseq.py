@@ -1,6 +1,7 @@
 """A tiny real fairseq transformer, task and batch for criterion tests."""
 
 import argparse
+import copy
 
 import torch
 from fairseq.data import Dictionary
@@ -100,3 +101,15 @@ class OutputCapture:
 
     def remove(self):
         self.handle.remove()
+
+
+def assert_sample_left_untouched(sample, action):
+    """Runs ``action()`` and checks the sample's dicts, tensors and values are as before."""
+    before = copy.deepcopy(sample)
+    tensors_before = dict(sample["net_input"])
+    action()
+    assert sample.keys() == before.keys() and sample["net_input"].keys() == before["net_input"].keys()
+    for key, value in before["net_input"].items():
+        assert sample["net_input"][key] is tensors_before[key]
+        assert torch.equal(sample["net_input"][key], value)
+    assert torch.equal(sample["target"], before["target"]) and sample["ntokens"] == before["ntokens"]
