@@ -23,7 +23,7 @@ from rdrop_fairseq.criterions.adaptive_loss_rdrop import AdaptiveLossRDrop, Adap
 from rdrop_fairseq.loss import adaptive_symmetric_kl
 
 from .references import reference_symmetric_kl
-from .tiny_fairseq import assert_sample_left_untouched
+from .tiny_fairseq import assert_sample_left_untouched, right_padded_targets
 
 VOCAB_WORDS = 26  # 30 symbols with fairseq's 4 specials
 CUTOFF = [8, 16]  # shortlist 0-7, clusters 8-15 and 16-29
@@ -79,18 +79,7 @@ def make_sample(task, batch_size=3, length=7, seed=0, target_lengths=None):
     if target_lengths is None:
         target_lengths = torch.randint(2, length + 1, (batch_size,), generator=gen).tolist()
         target_lengths[0] = length
-    target = torch.full((batch_size, length), d.pad(), dtype=torch.long)
-    source = torch.full((batch_size, length), d.pad(), dtype=torch.long)
-    for i, n in enumerate(target_lengths):
-        if n == 0:
-            continue
-        words = torch.randint(d.nspecial, len(d), (n,), generator=gen)
-        if i == 0:
-            words[: len(CUTOFF)] = torch.tensor(CUTOFF) + d.pad()
-        words[-1] = d.eos()
-        target[i, :n] = words
-        source[i, 0] = d.eos()
-        source[i, 1:n] = words[:-1]
+    target, source = right_padded_targets(d, target_lengths, length, gen, torch.tensor(CUTOFF) + d.pad())
     return {
         "id": torch.arange(batch_size),
         "nsentences": batch_size,

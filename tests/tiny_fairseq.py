@@ -53,6 +53,26 @@ def make_criterion(task, rdrop_alpha=5.0, label_smoothing=0.1, **kwargs):
     )
 
 
+def right_padded_targets(dictionary, lengths, max_len, gen, first_row_prefix=None):
+    """Random eos-terminated targets, right-padded, and the same shifted right
+    behind an eos (fairseq's decoder input), as fairseq's collater builds them.
+    ``first_row_prefix`` fixes the first words of row 0."""
+    d = dictionary
+    target = torch.full((len(lengths), max_len), d.pad(), dtype=torch.long)
+    shifted = torch.full((len(lengths), max_len), d.pad(), dtype=torch.long)
+    for i, length in enumerate(lengths):
+        if length == 0:
+            continue
+        words = torch.randint(d.nspecial, len(d), (length,), generator=gen)
+        if i == 0 and first_row_prefix is not None:
+            words[: len(first_row_prefix)] = first_row_prefix
+        words[-1] = d.eos()
+        target[i, :length] = words
+        shifted[i, 0] = d.eos()
+        shifted[i, 1:length] = words[:-1]
+    return target, shifted
+
+
 def make_sample(task, batch_size=3, src_len=7, tgt_len=6, seed=0, target_lengths=None):
     """A right-padded batch with varied target lengths, as fairseq's collater builds."""
     gen = torch.Generator().manual_seed(seed)
@@ -63,16 +83,7 @@ def make_sample(task, batch_size=3, src_len=7, tgt_len=6, seed=0, target_lengths
     if target_lengths is None:
         target_lengths = torch.randint(2, tgt_len + 1, (batch_size,), generator=gen).tolist()
         target_lengths[0] = tgt_len
-    target = torch.full((batch_size, tgt_len), d.pad(), dtype=torch.long)
-    prev = torch.full((batch_size, tgt_len), d.pad(), dtype=torch.long)
-    for i, length in enumerate(target_lengths):
-        if length == 0:
-            continue
-        words = torch.randint(first, last, (length,), generator=gen)
-        words[-1] = d.eos()
-        target[i, :length] = words
-        prev[i, 0] = d.eos()
-        prev[i, 1:length] = words[:-1]
+    target, prev = right_padded_targets(d, target_lengths, tgt_len, gen)
     return {
         "id": torch.arange(batch_size),
         "nsentences": batch_size,
