@@ -12,13 +12,8 @@ MULTI30K = REPO / "data" / "translation" / "multi30k"
 WIKITEXT2 = REPO / "data" / "language_modeling" / "wikitext-2"
 sys.path.insert(0, str(REPO))
 
+from scripts.demo_support import tool  # noqa: E402
 from scripts.fairseq_logs import read_records  # noqa: E402
-
-
-def tool(name):
-    """A fairseq console script from the running interpreter's environment."""
-    path = Path(sys.executable).parent / name
-    return str(path) if path.exists() else name
 
 
 def run_tool(name, *args, timeout=600, check=True, cwd=None):

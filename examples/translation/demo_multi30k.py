@@ -13,21 +13,22 @@ BLEU against updates for both runs) and the fairseq logs and checkpoints.
     python examples/translation/demo_multi30k.py --budget full   # the README's table
 """
 
-import argparse
 import gzip
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from scripts.demo_support import (  # noqa: E402
+    USER_DIR, add_demo_arguments, demo_parser, fairseq_train, log, mean, print_table as print_rows,
+    require_fairseq, resolve_setup, run, seed_groups, thread_env, tool,
+)
 from scripts.fairseq_logs import curves, plot  # noqa: E402
 
 DATA = REPO / "data" / "translation" / "multi30k"
@@ -67,31 +68,6 @@ BUDGETS = {
     "default": dict(max_update=600, interval=150),
     "full": dict(max_update=1500, interval=250),
 }
-
-
-def tool(name):
-    """A fairseq console script, preferring the running interpreter's environment."""
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else shutil.which(name)
-
-
-def log(message):
-    print(f"[demo] {message}", flush=True)
-
-
-def run(cmd, log_path=None, env=None):
-    """Runs a command, echoing its output (and teeing it into log_path)."""
-    log(" ".join(str(c) for c in cmd))
-    with subprocess.Popen(
-        [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    ) as proc, (open(log_path, "a") if log_path else open(os.devnull, "w")) as sink:
-        tail = []
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sink.write(line)
-            tail = (tail + [line])[-40:]
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {cmd[0]}\n" + "".join(tail))
 
 
 def read_lines(stem, lang, limit=None):
@@ -145,42 +121,31 @@ def prepare_data(work, vocab_size, train_subset, eval_subset):
 
 
 def train(bin_dir, save_dir, alpha, seed, budget, model, threads):
-    log_file = save_dir / "train.log"
-    if (save_dir / "done").exists():
-        log(f"reusing finished run {save_dir}")
-        return log_file, json.loads((save_dir / "done").read_text())["seconds"]
-    shutil.rmtree(save_dir, ignore_errors=True)
-    save_dir.mkdir(parents=True)
-    user_dir = REPO / "rdrop_fairseq"
-    cmd = [
-        tool("fairseq-train"), bin_dir, "--user-dir", user_dir, "--task", "translation",
-        "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", seed,
-        "--arch", model["arch"], "--share-all-embeddings",
-        "--encoder-layers", model["encoder_layers"], "--decoder-layers", model["decoder_layers"],
-        "--encoder-embed-dim", model["embed_dim"], "--decoder-embed-dim", model["embed_dim"],
-        "--encoder-ffn-embed-dim", model["ffn_dim"], "--decoder-ffn-embed-dim", model["ffn_dim"],
-        "--encoder-attention-heads", model["heads"], "--decoder-attention-heads", model["heads"],
-        "--dropout", model["dropout"], "--attention-dropout", 0.1, "--activation-dropout", 0.1,
-        "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", alpha,
-        "--label-smoothing", 0.1,
-        "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", model["lr"], "--clip-norm", 0.0,
-        "--lr-scheduler", "inverse_sqrt", "--warmup-updates", model["warmup"], "--warmup-init-lr", 1e-7,
-        "--weight-decay", 0.0001, "--max-tokens", model["max_tokens"], "--max-update", budget["max_update"],
-        "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
-        "--save-interval", 100000, "--save-interval-updates", budget["interval"],
-        "--keep-interval-updates", 1, "--no-epoch-checkpoints",
-        "--eval-bleu", "--eval-bleu-args", '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}',
-        "--eval-bleu-remove-bpe", "sentencepiece", "--eval-bleu-detok", "space",
-        "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
-        "--save-dir", save_dir, "--log-format", "json", "--log-interval", 25,
-        "--num-workers", 0,
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    start = time.time()
-    run(cmd, log_path=log_file, env=env)
-    seconds = time.time() - start
-    (save_dir / "done").write_text(json.dumps({"seconds": seconds}))
-    return log_file, seconds
+    return fairseq_train(
+        [
+            bin_dir, "--user-dir", USER_DIR, "--task", "translation",
+            "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", seed,
+            "--arch", model["arch"], "--share-all-embeddings",
+            "--encoder-layers", model["encoder_layers"], "--decoder-layers", model["decoder_layers"],
+            "--encoder-embed-dim", model["embed_dim"], "--decoder-embed-dim", model["embed_dim"],
+            "--encoder-ffn-embed-dim", model["ffn_dim"], "--decoder-ffn-embed-dim", model["ffn_dim"],
+            "--encoder-attention-heads", model["heads"], "--decoder-attention-heads", model["heads"],
+            "--dropout", model["dropout"], "--attention-dropout", 0.1, "--activation-dropout", 0.1,
+            "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", alpha,
+            "--label-smoothing", 0.1,
+            "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", model["lr"], "--clip-norm", 0.0,
+            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", model["warmup"], "--warmup-init-lr", 1e-7,
+            "--weight-decay", 0.0001, "--max-tokens", model["max_tokens"], "--max-update", budget["max_update"],
+            "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
+            "--save-interval", 100000, "--save-interval-updates", budget["interval"],
+            "--keep-interval-updates", 1, "--no-epoch-checkpoints",
+            "--eval-bleu", "--eval-bleu-args", '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}',
+            "--eval-bleu-remove-bpe", "sentencepiece", "--eval-bleu-detok", "space",
+            "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
+            "--log-format", "json", "--log-interval", 25, "--num-workers", 0,
+        ],
+        save_dir, threads,
+    )
 
 
 def evaluate(bin_dir, save_dir, work, beam, threads):
@@ -188,7 +153,6 @@ def evaluate(bin_dir, save_dir, work, beam, threads):
     from sacrebleu.metrics import BLEU
 
     scores = {}
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     for split in TEST_SPLITS:
         out = save_dir / f"generate-{split}.txt"
         if not out.exists():
@@ -196,14 +160,14 @@ def evaluate(bin_dir, save_dir, work, beam, threads):
             with open(tmp, "w") as sink:
                 subprocess.run(
                     [
-                        tool("fairseq-generate"), str(bin_dir), "--user-dir", str(REPO / "rdrop_fairseq"),
+                        tool("fairseq-generate"), str(bin_dir), "--user-dir", str(USER_DIR),
                         "--path", str(save_dir / "checkpoint_best.pt"), "--gen-subset", split,
                         "--cpu", "--beam", str(beam), "--batch-size", "128",
                         # fairseq otherwise drops a last batch whose size is not a multiple of 8
                         "--required-batch-size-multiple", "1",
                         "--remove-bpe", "sentencepiece", "--max-len-a", "1.2", "--max-len-b", "10",
                     ],
-                    stdout=sink, stderr=subprocess.PIPE, text=True, check=True, env=env,
+                    stdout=sink, stderr=subprocess.PIPE, text=True, check=True, env=thread_env(threads),
                 )
             tmp.rename(out)
         hyps = {}
@@ -238,55 +202,23 @@ def print_table(results):
     arms = results["runs"]
     tests = list(next(iter(arms.values()))["seeds"][0]["test"])
     header = ["run", "alpha", "seed"] + [f"{t} BLEU" for t in tests] + ["best valid BLEU", "train min"]
-    rows = []
-    for name, arm in arms.items():
-        groups = [(str(s["seed"]), [s]) for s in arm["seeds"]]
-        if len(arm["seeds"]) > 1:
-            groups.append(("mean", arm["seeds"]))
-        for label, seeds in groups:
-            rows.append(
-                [name, f"{arm['alpha']:g}", label]
-                + [f"{_mean(s['test'][t]['bleu'] for s in seeds):.2f}" for t in tests]
-                + [f"{_mean(s['best_valid_bleu'] for s in seeds):.2f}",
-                   f"{_mean(s['train_seconds'] for s in seeds) / 60:.1f}"]
-            )
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    for r in [header, ["-" * w for w in widths]] + rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
+    rows = [
+        [name, f"{arm['alpha']:g}", label]
+        + [f"{mean(s['test'][t]['bleu'] for s in seeds):.2f}" for t in tests]
+        + [f"{mean(s['best_valid_bleu'] for s in seeds):.2f}", f"{mean(s['train_seconds'] for s in seeds) / 60:.1f}"]
+        for name, arm in arms.items()
+        for label, seeds in seed_groups(arm)
+    ]
+    print_rows(header, rows)
     print(f"R-Drop - baseline, {tests[0]} sacreBLEU (mean over seeds): {results['delta_bleu']:+.2f}")
 
 
-def _mean(values):
-    values = list(values)
-    return sum(values) / len(values)
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default=os.environ.get("RDROP_DEMO_BUDGET", "default"),
-                        help="update budget (env RDROP_DEMO_BUDGET): default finishes in about 25 min on 2 cores")
-    parser.add_argument("--full", action="store_const", const="full", dest="budget", help="same as --budget full")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="seeds; each trains both arms")
-    parser.add_argument("--alpha", type=float, default=5.0, help="--rdrop-alpha of the R-Drop arm")
-    parser.add_argument("--max-update", type=int, help="override the budget's number of updates")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override a setup value, e.g. --set dropout=0.2; keys: {', '.join(SETUP)}")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads per fairseq process")
-    parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "multi30k-demo")
+    parser = demo_parser(__doc__)
+    add_demo_arguments(parser, SETUP, BUDGETS, alpha=5.0, workdir=REPO / "runs" / "multi30k-demo")
     args = parser.parse_args(argv)
-
-    budget = dict(BUDGETS[args.budget])
-    if args.max_update:
-        budget["max_update"] = args.max_update
-    model = {**SETUP, **budget.get("setup", {})}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in SETUP:
-            parser.error(f"--set {item}: unknown key {key!r}; known: {', '.join(SETUP)}")
-        model[key] = type(SETUP[key])(value)
-    if tool("fairseq-train") is None:
-        raise SystemExit("fairseq-train is not on PATH: run bash examples/translation/run_demo.sh, "
-                         "or activate an environment with fairseq-fixed installed")
+    budget, model = resolve_setup(args, parser, SETUP, BUDGETS)
+    require_fairseq("examples/translation/run_demo.sh")
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     log(f"budget {args.budget}: {budget['max_update']} updates per run, model {model}, seeds {args.seeds}")
@@ -308,8 +240,8 @@ def main(argv=None):
             })
     first_test = SPLITS[TEST_SPLITS[0]]
     results["delta_bleu"] = round(
-        _mean(s["test"][first_test]["bleu"] for s in results["runs"]["rdrop"]["seeds"])
-        - _mean(s["test"][first_test]["bleu"] for s in results["runs"]["baseline"]["seeds"]), 2
+        mean(s["test"][first_test]["bleu"] for s in results["runs"]["rdrop"]["seeds"])
+        - mean(s["test"][first_test]["bleu"] for s in results["runs"]["baseline"]["seeds"]), 2
     )
     (work / "results.json").write_text(json.dumps(results, indent=2))
     plot(

@@ -1,0 +1,125 @@
+"""Plumbing shared by the CPU demos (examples/*/demo_*.py).
+
+Each demo trains a baseline (``--rdrop-alpha 0``) and an R-Drop arm with the
+same setup, seed and update budget; this module holds what they have in
+common: finding fairseq's console scripts, running them with a log, caching
+finished trainings, the command-line options and the results table.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+USER_DIR = REPO / "rdrop_fairseq"
+
+
+def tool(name):
+    """A fairseq console script, preferring the running interpreter's environment."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
+def require_fairseq(launcher):
+    if tool("fairseq-train") is None:
+        raise SystemExit(f"fairseq-train is not on PATH: run bash {launcher}, "
+                         "or activate an environment with fairseq-fixed installed")
+
+
+def log(message):
+    print(f"[demo] {message}", flush=True)
+
+
+def thread_env(threads):
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+
+
+def run(cmd, log_path=None, env=None):
+    """Runs a command, echoing its output (and appending it to log_path)."""
+    log(" ".join(str(c) for c in cmd))
+    with subprocess.Popen(
+        [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as proc, (open(log_path, "a") if log_path else open(os.devnull, "w")) as sink:
+        tail = []
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sink.write(line)
+            tail = (tail + [line])[-40:]
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {cmd[0]}\n" + "".join(tail))
+
+
+def fairseq_train(args, save_dir, threads):
+    """``fairseq-train ARGS --save-dir SAVE_DIR``, or the cached result of a finished run.
+
+    Returns (log file, training seconds). A run that did not finish is started
+    again from scratch, so an interrupted demo never reports a partial run.
+    """
+    log_file = save_dir / "train.log"
+    done = save_dir / "done"
+    if done.exists():
+        log(f"reusing finished run {save_dir}")
+        return log_file, json.loads(done.read_text())["seconds"]
+    shutil.rmtree(save_dir, ignore_errors=True)
+    save_dir.mkdir(parents=True)
+    start = time.time()
+    run([tool("fairseq-train"), *args, "--save-dir", save_dir], log_path=log_file, env=thread_env(threads))
+    seconds = time.time() - start
+    done.write_text(json.dumps({"seconds": seconds}))
+    return log_file, seconds
+
+
+def add_demo_arguments(parser, setup, budgets, alpha, workdir):
+    """The options every demo has: budget, seeds, alpha, setup overrides, threads, workdir."""
+    parser.add_argument("--budget", choices=sorted(budgets), default=os.environ.get("RDROP_DEMO_BUDGET", "default"),
+                        help="update budget (env RDROP_DEMO_BUDGET): default finishes in about 25 min on 2 cores")
+    parser.add_argument("--full", action="store_const", const="full", dest="budget", help="same as --budget full")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="seeds; each trains both arms")
+    parser.add_argument("--alpha", type=float, default=alpha, help="--rdrop-alpha of the R-Drop arm")
+    parser.add_argument("--max-update", type=int, help="override the budget's number of updates")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a setup value, e.g. --set dropout=0.2; keys: {', '.join(setup)}")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per fairseq process")
+    parser.add_argument("--workdir", type=Path, default=workdir)
+
+
+def resolve_setup(args, parser, setup, budgets):
+    """(budget, setup) after the budget's own setup changes and the --set overrides."""
+    budget = dict(budgets[args.budget])
+    if args.max_update:
+        budget["max_update"] = args.max_update
+    resolved = {**setup, **budget.get("setup", {})}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in setup:
+            parser.error(f"--set {item}: unknown key {key!r}; known: {', '.join(setup)}")
+        resolved[key] = type(setup[key])(value)
+    return budget, resolved
+
+
+def mean(values):
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def seed_groups(arm):
+    """(label, seeds) for each seed of an arm, plus ("mean", all) when there are several."""
+    groups = [(str(s["seed"]), [s]) for s in arm["seeds"]]
+    if len(arm["seeds"]) > 1:
+        groups.append(("mean", arm["seeds"]))
+    return groups
+
+
+def print_table(header, rows):
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths]] + rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def demo_parser(doc):
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
