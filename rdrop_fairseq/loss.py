@@ -47,39 +47,81 @@ def _log_ratio(a, b):
     return (a - b).nan_to_num_(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
 
 
-class _SymmetricKL(torch.autograd.Function):
-    """Per-row 1/2 sum_v (p1 - p2)(lp1 - lp2) for 2-D log-probabilities.
+def _symmetric_kl_rows(a, b, keep):
+    """Per row 1/2 sum_v (p1 - p2)(a - b) of 2-D log-probabilities, 0 where not ``keep``."""
+    out = a.new_empty(a.shape[0])
+    for rows in _row_chunks(a.shape[0]):
+        out[rows] = ((a[rows].exp() - b[rows].exp()) * _log_ratio(a[rows], b[rows])).sum(-1)
+    return out.mul_(0.5).masked_fill_(~keep, 0.0)
 
-    Rows where ``keep`` is False give 0 and get a zero gradient, whatever the
-    log-probabilities hold there (even inf), without copying the inputs.
+
+def _symmetric_kl_grads(a, b, keep, grad_out, grad_a, grad_b):
+    """Writes the gradients of ``_symmetric_kl_rows`` w.r.t. ``a`` and ``b`` into
+    ``grad_a`` and ``grad_b``, chunk by chunk (no rows x vocab temporaries
+    beyond one chunk's)."""
+    scale = (0.5 * grad_out).masked_fill_(~keep, 0.0).unsqueeze(-1)
+    for rows in _row_chunks(a.shape[0]):
+        p1, p2 = a[rows].exp(), b[rows].exp()
+        log_ratio = _log_ratio(a[rows], b[rows])
+        prob_diff = p1 - p2
+        # d/da = p1 (a - b) + (p1 - p2);  d/db = -p2 (a - b) - (p1 - p2)
+        torch.mul(p1.mul_(log_ratio).add_(prob_diff), scale[rows], out=grad_a[rows])
+        torch.mul(p2.mul_(log_ratio).add_(prob_diff), scale[rows].neg(), out=grad_b[rows])
+    # A masked row may hold inf/NaN log-probabilities: 0 * inf would leak NaN.
+    drop = ~keep.unsqueeze(-1)
+    grad_a.masked_fill_(drop, 0.0)
+    grad_b.masked_fill_(drop, 0.0)
+
+
+class _SymmetricKL(torch.autograd.Function):
+    """Symmetric KL of two 2-D log-probability tensors, one value per row.
+
+    Only the inputs are kept for backward (the log-softmax that made them
+    keeps them alive anyway); probabilities are recomputed chunk by chunk.
     """
 
     @staticmethod
     def forward(ctx, lprobs1, lprobs2, keep):
         ctx.save_for_backward(lprobs1, lprobs2, keep)
-        out = lprobs1.new_empty(lprobs1.shape[0])
-        for rows in _row_chunks(lprobs1.shape[0]):
-            a, b = lprobs1[rows], lprobs2[rows]
-            out[rows] = ((a.exp() - b.exp()) * _log_ratio(a, b)).sum(-1)
-        return out.mul_(0.5).masked_fill_(~keep, 0.0)
+        return _symmetric_kl_rows(lprobs1, lprobs2, keep)
 
     @staticmethod
     def backward(ctx, grad_out):
         lprobs1, lprobs2, keep = ctx.saved_tensors
-        grad1 = torch.empty_like(lprobs1)
-        grad2 = torch.empty_like(lprobs2)
-        half_grad = 0.5 * grad_out
-        for rows in _row_chunks(lprobs1.shape[0]):
-            a, b = lprobs1[rows], lprobs2[rows]
-            p1, p2 = a.exp(), b.exp()
-            log_ratio = _log_ratio(a, b)
-            prob_diff = p1 - p2
-            scale = half_grad[rows].unsqueeze(-1)
-            # d/da = p1 (a - b) + (p1 - p2);  d/db = -p2 (a - b) - (p1 - p2)
-            grad1[rows] = (p1 * log_ratio + prob_diff) * scale
-            grad2[rows] = (p2 * log_ratio + prob_diff).neg_() * scale
-        drop = ~keep.unsqueeze(-1)
-        return grad1.masked_fill_(drop, 0.0), grad2.masked_fill_(drop, 0.0), None
+        grad1, grad2 = torch.empty_like(lprobs1), torch.empty_like(lprobs2)
+        _symmetric_kl_grads(lprobs1, lprobs2, keep, grad_out, grad1, grad2)
+        return grad1, grad2, None
+
+
+class _SymmetricKLOfHalves(torch.autograd.Function):
+    """As ``_SymmetricKL`` for one ``(2, rows, V)`` tensor holding both passes.
+
+    Its gradient is a single ``(2, rows, V)`` buffer; splitting the tensor
+    into two inputs instead would make autograd concatenate the two halves'
+    gradients into a third tensor of that size.
+    """
+
+    @staticmethod
+    def forward(ctx, both, keep):
+        ctx.save_for_backward(both, keep)
+        return _symmetric_kl_rows(both[0], both[1], keep)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        both, keep = ctx.saved_tensors
+        grad = torch.empty_like(both)
+        _symmetric_kl_grads(both[0], both[1], keep, grad_out, grad[0], grad[1])
+        return grad, None
+
+
+def _float32_at_least(tensor):
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def _keep_rows(keep, num_rows, device):
+    if keep is None:
+        return torch.ones(num_rows, dtype=torch.bool, device=device)
+    return keep.reshape(-1).to(device=device, dtype=torch.bool)
 
 
 def symmetric_kl(
@@ -104,15 +146,28 @@ def symmetric_kl(
             f"symmetric_kl needs the two passes' log-probabilities to have the same "
             f"shape, got {tuple(lprobs1.shape)} and {tuple(lprobs2.shape)}"
         )
-    dtype = torch.promote_types(lprobs1.dtype, torch.float32)
     vocab = lprobs1.shape[-1]
-    a = lprobs1.to(dtype).reshape(-1, vocab)
-    b = lprobs2.to(dtype).reshape(-1, vocab)
-    if keep is None:
-        keep_rows = torch.ones(a.shape[0], dtype=torch.bool, device=a.device)
-    else:
-        keep_rows = keep.reshape(-1).to(device=a.device, dtype=torch.bool)
-    return _SymmetricKL.apply(a, b, keep_rows).view(lprobs1.shape[:-1])
+    a = _float32_at_least(lprobs1).reshape(-1, vocab)
+    b = _float32_at_least(lprobs2).reshape(-1, vocab)
+    return _SymmetricKL.apply(a, b, _keep_rows(keep, a.shape[0], a.device)).view(lprobs1.shape[:-1])
+
+
+def symmetric_kl_of_halves(lprobs: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`symmetric_kl` between the first and the second half of ``lprobs``.
+
+    For a batch run as [x; x]: ``lprobs`` is ``(2B, ..., V)`` with pass 1 in
+    rows ``:B`` and pass 2 in rows ``B:``; ``keep`` and the result are
+    ``(B, ...)``. Same value as ``symmetric_kl(*lprobs.chunk(2), keep)``, with
+    one tensor of the size of ``lprobs`` less at the peak of backward.
+    """
+    if lprobs.shape[0] % 2:
+        raise ValueError(
+            "symmetric_kl_of_halves needs pass 1 then pass 2 along the first "
+            f"dimension, so an even size; got {lprobs.shape[0]}"
+        )
+    both = _float32_at_least(lprobs).reshape(2, -1, lprobs.shape[-1])
+    kl = _SymmetricKLOfHalves.apply(both, _keep_rows(keep, both.shape[1], both.device))
+    return kl.view(lprobs.shape[0] // 2, *lprobs.shape[1:-1])
 
 
 class _TailClusterKL(torch.autograd.Function):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rdrop_fairseq.loss import CHUNK_ROWS, rdrop_loss, symmetric_kl
+from rdrop_fairseq.loss import CHUNK_ROWS, rdrop_loss, symmetric_kl, symmetric_kl_of_halves
 
 from .references import reference_label_smoothed_ce, reference_symmetric_kl
 
@@ -145,6 +145,42 @@ def test_alpha_so_large_that_the_kl_dominates_stays_finite():
 def test_mismatched_pass_shapes_are_rejected_with_both_shapes_named():
     with pytest.raises(ValueError, match=r"\(2, 5\).*\(3, 5\)"):
         symmetric_kl(torch.zeros(2, 5), torch.zeros(3, 5))
+
+
+def test_symmetric_kl_of_halves_equals_float64_reference_across_row_chunks_with_padding():
+    batch, length = 3, CHUNK_ROWS // 2 + 5  # 3 * length rows per pass: several chunks
+    logits = _logits(2 * batch, length, 13, seed=27)
+    keep = _keep_mask(batch, length, seed=6)
+    ours = symmetric_kl_of_halves(logits.log_softmax(-1), keep)
+    ref = reference_symmetric_kl(logits[:batch], logits[batch:], keep)
+    assert ours.shape == (batch, length) and ours[~keep].eq(0).all()
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_symmetric_kl_of_halves_gradient_equals_float64_reference_gradient():
+    logits = _logits(6, 5, 40, seed=28).requires_grad_()
+    keep = _keep_mask(3, 5, seed=7)
+    symmetric_kl_of_halves(logits.log_softmax(-1), keep).sum().backward()
+    ref_logits = logits.detach().double().requires_grad_()
+    reference_symmetric_kl(ref_logits[:3], ref_logits[3:], keep).sum().backward()
+    torch.testing.assert_close(logits.grad.double(), ref_logits.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_symmetric_kl_of_halves_gives_zero_value_and_gradient_at_non_finite_padding():
+    keep = _keep_mask(2, 6, seed=8)
+    lprobs = _logits(4, 6, 30, seed=29).log_softmax(-1)
+    lprobs[:2][~keep], lprobs[2:][~keep] = float("nan"), float("-inf")
+    lprobs.requires_grad_()
+    kl = symmetric_kl_of_halves(lprobs, keep)
+    kl.sum().backward()
+    assert torch.isfinite(kl).all() and kl[~keep].eq(0).all()
+    assert torch.isfinite(lprobs.grad).all()
+    assert lprobs.grad[:2][~keep].eq(0).all() and lprobs.grad[2:][~keep].eq(0).all()
+
+
+def test_symmetric_kl_of_halves_rejects_an_odd_number_of_rows():
+    with pytest.raises(ValueError, match="even size; got 5"):
+        symmetric_kl_of_halves(torch.zeros(5, 3, 7))
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
