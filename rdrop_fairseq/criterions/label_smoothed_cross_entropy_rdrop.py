@@ -28,7 +28,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 )
 
 from rdrop_fairseq.criterions.rdrop_common import RDropCriterionMixin, check_rdrop_alpha
-from rdrop_fairseq.loss import symmetric_kl
+from rdrop_fairseq.loss import symmetric_kl_of_halves
 
 
 @dataclass
@@ -86,8 +86,7 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
         loss, nll_loss = label_smoothed_nll_loss(
             lprobs, both_targets, self.eps, ignore_index=self.padding_idx, reduce=reduce
         )
-        lprobs1, lprobs2 = lprobs.chunk(2)
-        kl_loss = symmetric_kl(lprobs1, lprobs2, keep=target.ne(self.padding_idx))
+        kl_loss = symmetric_kl_of_halves(lprobs, keep=target.ne(self.padding_idx))
         if reduce:
             kl_loss = kl_loss.sum()
         else:
