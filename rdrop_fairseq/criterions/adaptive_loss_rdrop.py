@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from fairseq.criterions import register_criterion
 from fairseq.criterions.adaptive_loss import AdaptiveLoss, AdaptiveLossConfig
 
-from rdrop_fairseq.criterions.rdrop_common import RDropCriterionMixin, check_rdrop_alpha
+from rdrop_fairseq.criterions.rdrop_common import RDropCriterionMixin, rdrop_alpha_warmup_field
 from rdrop_fairseq.loss import adaptive_symmetric_kl
 
 
@@ -80,16 +80,16 @@ class AdaptiveLossRDropConfig(AdaptiveLossConfig):
             "0 trains plain adaptive_loss with one pass"
         },
     )
+    rdrop_alpha_warmup_updates: int = rdrop_alpha_warmup_field()
 
 
 @register_criterion("adaptive_loss_rdrop", dataclass=AdaptiveLossRDropConfig)
 class AdaptiveLossRDrop(RDropCriterionMixin, AdaptiveLoss):
     criterion_name = "adaptive_loss_rdrop"
 
-    def __init__(self, task, sentence_avg, rdrop_alpha=1.0):
+    def __init__(self, task, sentence_avg, rdrop_alpha=1.0, rdrop_alpha_warmup_updates=0):
         super().__init__(task, sentence_avg)
-        check_rdrop_alpha(rdrop_alpha)
-        self.rdrop_alpha = rdrop_alpha
+        self.configure_rdrop(rdrop_alpha, rdrop_alpha_warmup_updates)
 
     @classmethod
     def build_criterion(cls, cfg: AdaptiveLossRDropConfig, task):
@@ -100,7 +100,12 @@ class AdaptiveLossRDrop(RDropCriterionMixin, AdaptiveLoss):
                 "adaptive_loss_rdrop, like adaptive_loss, is not compatible with the "
                 "PyTorch version of DistributedDataParallel; use --ddp-backend legacy_ddp"
             )
-        return cls(task, cfg.sentence_avg, rdrop_alpha=cfg.rdrop_alpha)
+        return cls(
+            task,
+            cfg.sentence_avg,
+            rdrop_alpha=cfg.rdrop_alpha,
+            rdrop_alpha_warmup_updates=cfg.rdrop_alpha_warmup_updates,
+        )
 
     def forward(self, model, sample, reduce=True):
         self.require_target(sample)
@@ -129,7 +134,8 @@ class AdaptiveLossRDrop(RDropCriterionMixin, AdaptiveLoss):
             loss, kl_loss = nll.sum(), kl_loss.sum()
         else:
             loss = nll.view(2, -1).sum(0)
-        objective = loss + self.rdrop_alpha * kl_loss
+        alpha = self.alpha_now()
+        objective = loss + alpha * kl_loss
 
         ntokens = int(keep.sum())
         sample_size = batch_size if self.sentence_avg else ntokens
@@ -141,6 +147,7 @@ class AdaptiveLossRDrop(RDropCriterionMixin, AdaptiveLoss):
             "nsentences": batch_size,
             "sample_size": sample_size,
         }
+        self.log_alpha(logging_output, alpha)
         return objective, sample_size, logging_output
 
     def adaptive_nll(self, adaptive_softmax, head, tails: List[torch.Tensor], target):
@@ -164,12 +171,13 @@ class AdaptiveLossRDrop(RDropCriterionMixin, AdaptiveLoss):
     def empty_batch_output(self, model):
         """Zero loss and the same logging keys as a real batch, so that worker
         outputs stay summable."""
-        keys = ("loss", "ntokens", "nsentences", "sample_size")
+        logging_output = dict.fromkeys(("loss", "ntokens", "nsentences", "sample_size"), 0)
         if self.rdrop_active(model):
-            keys += ("nll_loss", "kl_loss")
-        return self.zero_loss(model), 0, dict.fromkeys(keys, 0)
+            logging_output.update(nll_loss=0, kl_loss=0)
+            self.log_alpha(logging_output, 0.0)
+        return self.zero_loss(model), 0, logging_output
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
         super().reduce_metrics(logging_outputs)
-        cls.reduce_kl_metric(logging_outputs)
+        cls.reduce_rdrop_metrics(logging_outputs)

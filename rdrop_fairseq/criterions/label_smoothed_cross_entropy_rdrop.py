@@ -27,7 +27,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     label_smoothed_nll_loss,
 )
 
-from rdrop_fairseq.criterions.rdrop_common import RDropCriterionMixin, check_rdrop_alpha
+from rdrop_fairseq.criterions.rdrop_common import RDropCriterionMixin, rdrop_alpha_warmup_field
 from rdrop_fairseq.loss import symmetric_kl_of_halves
 
 
@@ -41,6 +41,7 @@ class LabelSmoothedCrossEntropyRDropCriterionConfig(LabelSmoothedCrossEntropyCri
             "0 trains plain label-smoothed cross-entropy with one pass"
         },
     )
+    rdrop_alpha_warmup_updates: int = rdrop_alpha_warmup_field()
 
 
 @register_criterion(
@@ -58,6 +59,7 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
         ignore_prefix_size=0,
         report_accuracy=False,
         rdrop_alpha=5.0,
+        rdrop_alpha_warmup_updates=0,
     ):
         super().__init__(
             task,
@@ -66,13 +68,13 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
             ignore_prefix_size=ignore_prefix_size,
             report_accuracy=report_accuracy,
         )
-        check_rdrop_alpha(rdrop_alpha)
-        self.rdrop_alpha = rdrop_alpha
+        self.configure_rdrop(rdrop_alpha, rdrop_alpha_warmup_updates)
 
     def forward(self, model, sample, reduce=True):
         self.require_target(sample)
         if sample["target"].numel() == 0:
             return self.empty_batch_output(model)
+        self.check_ignore_prefix_size(sample["target"])
         if not self.rdrop_active(model):
             return super().forward(model, sample, reduce=reduce)
 
@@ -92,7 +94,8 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
         else:
             loss, nll_loss = loss.view(2, -1).sum(0), nll_loss.view(2, -1).sum(0)
             kl_loss = kl_loss.view(-1)
-        objective = loss + self.rdrop_alpha * kl_loss
+        alpha = self.alpha_now()
+        objective = loss + alpha * kl_loss
 
         batch_size = target.size(0)
         sample_size = batch_size if self.sentence_avg else sample["ntokens"]
@@ -104,6 +107,7 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
             "nsentences": batch_size,
             "sample_size": sample_size,
         }
+        self.log_alpha(logging_output, alpha)
         if self.report_accuracy:
             keep = both_targets.ne(self.padding_idx)
             n_correct = lprobs.argmax(-1).eq(both_targets).logical_and(keep).sum()
@@ -117,11 +121,21 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
         logging_output = dict.fromkeys(("loss", "nll_loss", "ntokens", "nsentences", "sample_size"), 0)
         if self.rdrop_active(model):
             logging_output["kl_loss"] = 0
+            self.log_alpha(logging_output, 0.0)
         if self.report_accuracy:
             logging_output.update(n_correct=0, total=0)
         return self.zero_loss(model), 0, logging_output
 
+    def check_ignore_prefix_size(self, target) -> None:
+        if self.ignore_prefix_size >= target.size(1):
+            raise ValueError(
+                f"--ignore-prefix-size {self.ignore_prefix_size} drops every target token of this "
+                f"batch, whose targets are at most {target.size(1)} tokens long (end of sentence "
+                "included), so there is nothing to learn from; it must be smaller than the "
+                "target length: the number of leading tokens to skip, e.g. 1 for a language tag"
+            )
+
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
         super().reduce_metrics(logging_outputs)
-        cls.reduce_kl_metric(logging_outputs)
+        cls.reduce_rdrop_metrics(logging_outputs)

@@ -1,8 +1,9 @@
-"""What the R-Drop criteria share: configuration checks, the doubled forward
-pass, batches with nothing to learn, and the ``kl_loss`` metric."""
+"""What the R-Drop criteria share: configuration checks, the alpha warm-up, the
+doubled forward pass, batches with nothing to learn, and the logged metrics."""
 
 import logging
 import math
+from dataclasses import field
 
 import torch
 from fairseq import utils
@@ -18,6 +19,53 @@ def check_rdrop_alpha(alpha: float) -> None:
             f"--rdrop-alpha must be a finite number >= 0, got {alpha}; "
             "use e.g. --rdrop-alpha 5 for R-Drop or --rdrop-alpha 0 for the baseline"
         )
+
+
+def check_rdrop_alpha_warmup_updates(updates: int) -> None:
+    if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
+        raise ValueError(
+            f"--rdrop-alpha-warmup-updates must be a whole number of updates >= 0, got {updates!r}; "
+            "use 0 (the default) for a constant alpha"
+        )
+
+
+def rdrop_alpha_warmup_field():
+    return field(
+        default=0,
+        metadata={
+            "help": "raise alpha linearly from 0 to --rdrop-alpha over this many updates "
+            "(0: constant alpha); follows the trainer's update count, so it continues "
+            "where it stopped when training resumes from a checkpoint"
+        },
+    )
+
+
+def warmed_up_alpha(alpha: float, warmup_updates: int, num_updates: int) -> float:
+    """``alpha * min(1, num_updates / warmup_updates)``; ``alpha`` when warm-up is off.
+
+    ``num_updates`` counts the updates completed before this one, as fairseq's
+    learning-rate warm-up does: the first update uses 0, update ``warmup_updates + 1``
+    the full alpha.
+    """
+    if warmup_updates == 0:
+        return alpha
+    return alpha * min(1.0, num_updates / warmup_updates)
+
+
+def trainer_num_updates() -> int:
+    """The number of updates fairseq's Trainer has completed.
+
+    Criteria are not given the update count, but ``Trainer.set_num_updates``
+    logs it as the ``num_updates`` metric (weight 0, so its value is the latest)
+    after every update and when it loads a checkpoint, whose optimizer history
+    holds the count, and the "default" metrics aggregator keeps every value
+    logged. So during the forward of update ``u + 1`` the metric holds ``u``:
+    the ``update_num`` the Trainer passes to ``task.train_step``, on every
+    worker and for every micro-batch of ``--update-freq``, with any task, also
+    after a resume. 0 before the first update (nothing logged yet).
+    """
+    meter = metrics.get_meter("default", "num_updates")
+    return 0 if meter is None else int(meter.val)
 
 
 def has_active_dropout(model: torch.nn.Module) -> bool:
@@ -40,6 +88,22 @@ class RDropCriterionMixin:
 
     criterion_name = "R-Drop criterion"
     dropout_checked = False
+
+    def configure_rdrop(self, rdrop_alpha: float, rdrop_alpha_warmup_updates: int) -> None:
+        check_rdrop_alpha(rdrop_alpha)
+        check_rdrop_alpha_warmup_updates(rdrop_alpha_warmup_updates)
+        self.rdrop_alpha = rdrop_alpha
+        self.rdrop_alpha_warmup_updates = rdrop_alpha_warmup_updates
+
+    def alpha_now(self) -> float:
+        """The alpha of the current update: --rdrop-alpha after the warm-up."""
+        return warmed_up_alpha(self.rdrop_alpha, self.rdrop_alpha_warmup_updates, trainer_num_updates())
+
+    def log_alpha(self, logging_output, alpha: float) -> None:
+        """With warm-up, adds the alpha used, in a form that sums over micro-batches
+        and workers like every other logging output: alpha times the sentences."""
+        if self.rdrop_alpha_warmup_updates > 0:
+            logging_output["rdrop_alpha_x_nsentences"] = alpha * logging_output["nsentences"]
 
     def rdrop_active(self, model) -> bool:
         return model.training and self.rdrop_alpha > 0
@@ -80,8 +144,16 @@ class RDropCriterionMixin:
         return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
 
     @staticmethod
-    def reduce_kl_metric(logging_outputs) -> None:
+    def reduce_rdrop_metrics(logging_outputs) -> None:
+        """``kl_loss`` per token in bits and, with warm-up, ``rdrop_alpha``."""
         if any("kl_loss" in log for log in logging_outputs):
             kl_sum = sum(log.get("kl_loss", 0) for log in logging_outputs)
             ntokens = sum(log.get("ntokens", 0) for log in logging_outputs)
             metrics.log_scalar("kl_loss", kl_sum / max(ntokens, 1) / math.log(2), ntokens, round=3)
+        if any("rdrop_alpha_x_nsentences" in log for log in logging_outputs):
+            alpha_sum = sum(log.get("rdrop_alpha_x_nsentences", 0) for log in logging_outputs)
+            nsentences = sum(log.get("nsentences", 0) for log in logging_outputs)
+            if nsentences > 0:
+                # Weight 0, as the trainer logs lr: the meter shows the latest
+                # update's alpha rather than an average over the log interval.
+                metrics.log_scalar("rdrop_alpha", alpha_sum / nsentences, weight=0, round=4)
