@@ -54,8 +54,18 @@ def test_the_update_count_is_the_trainers_latest_and_zero_before_any_update():
     assert trainer_num_updates() == 0
     for count in (1, 2, 3):
         trainer_updates(count)
-    with metrics.aggregate(new_root=True):  # as during validation
-        assert trainer_num_updates() == 3
+    assert trainer_num_updates() == 3
+
+
+def test_the_update_count_follows_the_trainer_after_it_restores_saved_metrics():
+    # Trainer.load_checkpoint logs the checkpoint's count, then restores the
+    # saved aggregators; training goes on logging into the active ones.
+    trainer_updates(4)
+    metrics.load_state_dict(metrics.state_dict())
+    trainer_updates(5)
+    with metrics.aggregate("train"):
+        trainer_updates(6)
+        assert trainer_num_updates() == 6
 
 
 @pytest.mark.parametrize("completed, alpha_used", [(0, 0.0), (1, 1.0), (3, 3.0), (9, 4.0)])

@@ -56,16 +56,24 @@ def trainer_num_updates() -> int:
     """The number of updates fairseq's Trainer has completed.
 
     Criteria are not given the update count, but ``Trainer.set_num_updates``
-    logs it as the ``num_updates`` metric (weight 0, so its value is the latest)
-    after every update and when it loads a checkpoint, whose optimizer history
-    holds the count, and the "default" metrics aggregator keeps every value
-    logged. So during the forward of update ``u + 1`` the metric holds ``u``:
-    the ``update_num`` the Trainer passes to ``task.train_step``, on every
-    worker and for every micro-batch of ``--update-freq``, with any task, also
-    after a resume. 0 before the first update (nothing logged yet).
+    logs it as the ``num_updates`` metric (weight 0, so a meter's value is the
+    latest) after every update, and when it loads a checkpoint, whose optimizer
+    history holds the count. Every logged value reaches every active metrics
+    aggregator, so during the forward of update ``u + 1`` the active ones that
+    hold the metric hold ``u``: the ``update_num`` the Trainer passes to
+    ``task.train_step``, on every worker, for every micro-batch of
+    ``--update-freq``, with any task, and after a resume. (The active
+    aggregators, not ``get_meter("default", ...)``: loading a checkpoint
+    replaces the named aggregators with the saved ones, which stay frozen
+    while the original root keeps receiving.) 0 before the first update, when
+    nothing is logged yet, and in validation, which aggregates apart; alpha
+    plays no part there.
     """
-    meter = metrics.get_meter("default", "num_updates")
-    return 0 if meter is None else int(meter.val)
+    for aggregator in metrics.get_active_aggregators():
+        meter = aggregator.get("num_updates")
+        if meter is not None and meter.val is not None:
+            return int(meter.val)
+    return 0
 
 
 def has_active_dropout(model: torch.nn.Module) -> bool:
