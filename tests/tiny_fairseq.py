@@ -6,6 +6,8 @@ import copy
 import torch
 from fairseq.data import Dictionary
 from fairseq.models.transformer import TransformerModel, base_architecture
+from fairseq.models.transformer_lm import TransformerLanguageModel, base_lm_architecture
+from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from rdrop_fairseq.criterions.label_smoothed_cross_entropy_rdrop import (
@@ -15,11 +17,21 @@ from rdrop_fairseq.criterions.label_smoothed_cross_entropy_rdrop import (
 VOCAB_WORDS = 23
 
 
-def make_task():
+def make_dictionary():
     dictionary = Dictionary()
     for i in range(VOCAB_WORDS):
         dictionary.add_symbol(f"w{i}")
+    return dictionary
+
+
+def make_task():
+    dictionary = make_dictionary()
     return TranslationTask(TranslationConfig(), dictionary, dictionary)
+
+
+def make_lm_task():
+    dictionary = make_dictionary()
+    return LanguageModelingTask(LanguageModelingConfig(), dictionary, dictionary)
 
 
 def make_model(task, dropout=0.3, seed=0):
@@ -41,6 +53,26 @@ def make_model(task, dropout=0.3, seed=0):
     base_architecture(args)
     torch.manual_seed(seed)
     model = TransformerModel.build_model(args, task)
+    model.train()
+    return model
+
+
+def make_lm(task, dropout=0.3, seed=0):
+    """A one-layer ``transformer_lm`` with tied input and output embeddings."""
+    args = argparse.Namespace(
+        decoder_layers=1,
+        decoder_embed_dim=16,
+        decoder_ffn_embed_dim=32,
+        decoder_attention_heads=2,
+        dropout=dropout,
+        attention_dropout=dropout,
+        activation_dropout=dropout,
+        share_decoder_input_output_embed=True,
+        max_target_positions=64,
+    )
+    base_lm_architecture(args)
+    torch.manual_seed(seed)
+    model = TransformerLanguageModel.build_model(args, task)
     model.train()
     return model
 
@@ -93,6 +125,25 @@ def make_sample(task, batch_size=3, src_len=7, tgt_len=6, seed=0, target_lengths
             "src_lengths": torch.full((batch_size,), src_len, dtype=torch.long),
             "prev_output_tokens": prev,
         },
+        "target": target,
+    }
+
+
+def make_lm_sample(task, batch_size=3, length=7, seed=0, target_lengths=None):
+    """A right-padded language-modelling batch as fairseq's MonolingualDataset
+    collates it with ``--sample-break-mode eos``: the input is the target shifted
+    right behind an eos."""
+    gen = torch.Generator().manual_seed(seed)
+    d = task.target_dictionary
+    if target_lengths is None:
+        target_lengths = torch.randint(2, length + 1, (batch_size,), generator=gen).tolist()
+        target_lengths[0] = length
+    target, source = right_padded_targets(d, target_lengths, length, gen)
+    return {
+        "id": torch.arange(batch_size),
+        "nsentences": batch_size,
+        "ntokens": int(target.ne(d.pad()).sum()),
+        "net_input": {"src_tokens": source, "src_lengths": torch.tensor(target_lengths, dtype=torch.long)},
         "target": target,
     }
 

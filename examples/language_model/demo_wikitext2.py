@@ -1,0 +1,232 @@
+"""Baseline vs R-Drop language models on WikiText-2, on a laptop CPU.
+
+Trains a sentencepiece model on a slice of WikiText-2's training set, binarizes
+with ``fairseq-preprocess --only-source``, then trains two small transformer
+LMs with the same architecture, seed and number of updates: a baseline
+(``--rdrop-alpha 0``) and R-Drop. Both use the criterion
+``label_smoothed_cross_entropy_rdrop`` with ``--label-smoothing 0``, so the
+only difference is the KL term. The best checkpoint of each (lowest validation
+loss) is scored with ``fairseq-eval-lm --context-window`` on the whole
+validation and test sets.
+
+Perplexities are per sentencepiece token of this demo's vocabulary: they
+compare between the demo's runs, not with word-level WikiText-2 results.
+
+Writes into ``--workdir``: ``results.json``, ``curves.png`` (training and
+validation loss against updates for every run) and the fairseq logs and
+checkpoints.
+
+    python examples/language_model/demo_wikitext2.py                          # default budget
+    python examples/language_model/demo_wikitext2.py --full --seeds 1 2       # the README's table
+"""
+
+import gzip
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from scripts.demo_support import (  # noqa: E402
+    USER_DIR, add_demo_arguments, demo_parser, fairseq_train, log, mean, print_table as print_rows,
+    require_fairseq, resolve_setup, run, seed_groups, thread_env, tool,
+)
+from scripts.fairseq_logs import curves, plot  # noqa: E402
+
+DATA = REPO / "data" / "language_modeling" / "wikitext-2"
+FILES = {"train": "wiki.train.tokens.gz", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"}
+EVAL_SPLITS = ("valid", "test")
+
+# The demo's setup, sized so that the baseline overfits its training slice
+# within a 2-core CPU's budget (R-Drop is a regularizer: it pays off where the
+# baseline overfits).
+SETUP = {
+    "train_lines": 1000,  # first N lines of wiki.train.tokens
+    "valid_lines": 500,  # first N lines of wiki.valid.tokens: validation and checkpoint choice
+    "test_lines": 0,  # first N lines of wiki.test.tokens, 0 for all
+    "vocab_size": 2000,  # sentencepiece unigram vocabulary
+    "decoder_layers": 2,
+    "embed_dim": 256,
+    "ffn_dim": 1024,
+    "heads": 4,
+    "dropout": 0.3,
+    "lr": 1e-3,
+    "warmup": 200,
+    "tokens_per_sample": 128,
+    "max_tokens": 2048,
+    "context_window": 64,  # fairseq-eval-lm: tokens of context kept for each scored block
+}
+# Budgets share the setup; they change the number of updates and the
+# evaluation cadence. "tiny" exists for the end-to-end test.
+BUDGETS = {
+    "tiny": dict(max_update=20, interval=10,
+                 setup=dict(train_lines=400, valid_lines=150, test_lines=150, vocab_size=300, decoder_layers=1, embed_dim=32, ffn_dim=64,
+                            heads=2, warmup=5, tokens_per_sample=32, max_tokens=512, context_window=16)),
+    "default": dict(max_update=400, interval=50),
+    "full": dict(max_update=800, interval=50),
+}
+
+
+def read_lines(split, limit=None):
+    path = DATA / FILES[split]
+    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as f:
+        lines = [line.rstrip("\n") for line in f]
+    return lines[:limit] if limit else lines
+
+
+def prepare_data(work, model):
+    """Sentencepiece on the training slice, then fairseq binarization of all splits."""
+    import sentencepiece as spm
+
+    bin_dir = work / "data-bin"
+    if (bin_dir / "dict.txt").exists():
+        log(f"reusing {bin_dir}")
+        return bin_dir
+    raw, sp_dir = work / "raw", work / "spm"
+    raw.mkdir(parents=True, exist_ok=True)
+    sp_dir.mkdir(exist_ok=True)
+    for split in FILES:
+        lines = read_lines(split, model[f"{split}_lines"])
+        # WikiText's blank separator lines carry no tokens; fairseq would only add an eos for each.
+        (raw / split).write_text("\n".join(l for l in lines if l.strip()) + "\n", encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(raw / "train"), model_prefix=str(sp_dir / "spm"), vocab_size=model["vocab_size"],
+        character_coverage=1.0, model_type="unigram", minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(sp_dir / "spm.model"))
+    for split in FILES:
+        lines = (raw / split).read_text(encoding="utf-8").splitlines()
+        (sp_dir / split).write_text("\n".join(" ".join(p) for p in sp.encode(lines, out_type=str)) + "\n",
+                                    encoding="utf-8")
+    tmp_bin = work / "data-bin.tmp"
+    shutil.rmtree(tmp_bin, ignore_errors=True)
+    run([
+        tool("fairseq-preprocess"), "--only-source", "--trainpref", sp_dir / "train",
+        "--validpref", sp_dir / "valid", "--testpref", sp_dir / "test", "--destdir", tmp_bin, "--workers", "1",
+    ])
+    tmp_bin.rename(bin_dir)
+    return bin_dir
+
+
+def train(bin_dir, save_dir, alpha, seed, budget, model, threads):
+    return fairseq_train(
+        [
+            bin_dir, "--user-dir", USER_DIR, "--task", "language_modeling", "--cpu", "--seed", seed,
+            "--arch", "transformer_lm", "--share-decoder-input-output-embed",
+            "--decoder-layers", model["decoder_layers"],
+            # transformer_lm's input and output dimensions default to 512, not to the embedding size
+            "--decoder-embed-dim", model["embed_dim"], "--decoder-input-dim", model["embed_dim"],
+            "--decoder-output-dim", model["embed_dim"],
+            "--decoder-ffn-embed-dim", model["ffn_dim"], "--decoder-attention-heads", model["heads"],
+            "--dropout", model["dropout"], "--attention-dropout", 0.1,
+            "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", alpha, "--label-smoothing", 0,
+            "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--weight-decay", 0.01, "--clip-norm", 0.0,
+            "--lr", model["lr"], "--lr-scheduler", "inverse_sqrt", "--warmup-updates", model["warmup"],
+            "--warmup-init-lr", 1e-7,
+            "--tokens-per-sample", model["tokens_per_sample"], "--sample-break-mode", "none",
+            "--max-tokens", model["max_tokens"], "--max-update", budget["max_update"],
+            "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
+            "--save-interval", 100000, "--save-interval-updates", budget["interval"],
+            "--keep-interval-updates", 1, "--no-epoch-checkpoints",
+            "--log-format", "json", "--log-interval", 25, "--num-workers", 0,
+        ],
+        save_dir, threads,
+    )
+
+
+def eval_lm(bin_dir, checkpoint, split, model, threads):
+    """(loss in bits per token, perplexity) of ``fairseq-eval-lm`` with a context window."""
+    proc = subprocess.run(
+        [
+            tool("fairseq-eval-lm"), str(bin_dir), "--user-dir", str(USER_DIR), "--path", str(checkpoint),
+            "--gen-subset", split, "--cpu", "--tokens-per-sample", str(model["tokens_per_sample"]),
+            "--context-window", str(model["context_window"]), "--batch-size", "16", "--num-workers", "0",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=thread_env(threads),
+    )
+    match = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", proc.stdout)
+    if proc.returncode != 0 or not match:
+        raise SystemExit(f"fairseq-eval-lm on {split} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+    return float(match.group(1)), float(match.group(2))
+
+
+def evaluate(bin_dir, save_dir, model, threads):
+    """Valid and test perplexity of checkpoint_best.pt, cached next to it."""
+    cache = save_dir / "eval_lm.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    scores = {}
+    for split in EVAL_SPLITS:
+        loss, ppl = eval_lm(bin_dir, save_dir / "checkpoint_best.pt", split, model, threads)
+        scores[split] = {"loss_bits": round(loss, 4), "ppl": round(ppl, 2)}
+    cache.write_text(json.dumps(scores))
+    return scores
+
+
+def best_valid(log_file):
+    valid = curves(log_file)["valid"]
+    points = [(l, u) for l, u in zip(valid["loss"], valid["updates"]) if isinstance(l, float)]
+    loss, update = min(points, default=(None, None))
+    return {"best_valid_loss": loss, "best_update": update}
+
+
+def print_table(results):
+    """One row per run and seed, plus the mean over seeds when there are several."""
+    header = ["run", "alpha", "seed", "valid ppl", "test ppl", "best update", "train min"]
+    rows = [
+        [name, f"{arm['alpha']:g}", label]
+        + [f"{mean(s['eval'][split]['ppl'] for s in seeds):.2f}" for split in EVAL_SPLITS]
+        + [f"{mean(s['best_update'] for s in seeds):.0f}", f"{mean(s['train_seconds'] for s in seeds) / 60:.1f}"]
+        for name, arm in results["runs"].items()
+        for label, seeds in seed_groups(arm)
+    ]
+    print_rows(header, rows)
+    print(f"R-Drop - baseline, test perplexity (mean over seeds): {results['delta_test_ppl']:+.2f}")
+
+
+def main(argv=None):
+    parser = demo_parser(__doc__)
+    add_demo_arguments(parser, SETUP, BUDGETS, alpha=1.0, workdir=REPO / "runs" / "wikitext2-demo")
+    args = parser.parse_args(argv)
+    budget, model = resolve_setup(args, parser, SETUP, BUDGETS)
+    require_fairseq("examples/language_model/run_demo.sh")
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"budget {args.budget}: {budget['max_update']} updates per run, model {model}, seeds {args.seeds}")
+    data_key = "data-" + "-".join(str(model[k]) for k in ("train_lines", "valid_lines", "test_lines", "vocab_size"))
+    bin_dir = prepare_data(work / data_key, model)
+
+    setup_tag = hashlib.sha1(json.dumps(model, sort_keys=True).encode()).hexdigest()[:8]
+    results = {"budget": args.budget, "max_update": budget["max_update"], "setup": model,
+               "threads": args.threads, "runs": {}}
+    for name, alpha in (("baseline", 0.0), ("rdrop", args.alpha)):
+        arm = results["runs"][name] = {"alpha": alpha, "seeds": []}
+        for seed in args.seeds:
+            save_dir = work / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}-{setup_tag}"
+            log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.threads)
+            arm["seeds"].append({
+                "seed": seed, "train_seconds": round(seconds, 1), "log": str(log_file),
+                **best_valid(log_file), "eval": evaluate(bin_dir, save_dir, model, args.threads),
+            })
+    results["delta_test_ppl"] = round(
+        mean(s["eval"]["test"]["ppl"] for s in results["runs"]["rdrop"]["seeds"])
+        - mean(s["eval"]["test"]["ppl"] for s in results["runs"]["baseline"]["seeds"]), 2
+    )
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    plot(
+        {f"{name} seed {s['seed']}": curves(s["log"]) for name, arm in results["runs"].items() for s in arm["seeds"]},
+        work / "curves.png",
+        title=f"WikiText-2 language model, {budget['max_update']} updates",
+    )
+    print()
+    print_table(results)
+    log(f"wrote {work / 'results.json'} and {work / 'curves.png'}")
+
+
+if __name__ == "__main__":
+    main()

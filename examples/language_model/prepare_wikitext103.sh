@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Prepares WikiText-103 (the data of the R-Drop paper's language-modelling
+# results) as fairseq's language-model example does: the word-level
+# wiki.{train,valid,test}.tokens, binarized with fairseq-preprocess --only-source.
+#
+#   bash examples/language_model/prepare_wikitext103.sh                          # downloads the zip
+#   bash examples/language_model/prepare_wikitext103.sh --zip wikitext-103-v1.zip  # offline
+#
+# Environment: ORIG (unpacked text, default runs/wikitext-103), DATA (binarized
+# output, default runs/data-bin/wikitext-103), WORKERS (default: number of CPUs).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+source "$root/examples/translation/common.sh"
+
+URL="https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-v1.zip"
+ORIG="${ORIG:-$root/runs/wikitext-103}"
+DATA="${DATA:-$root/runs/data-bin/wikitext-103}"
+WORKERS="${WORKERS:-$(nproc 2>/dev/null || echo 1)}"
+
+zip=""
+case "${1:-}" in
+  "") ;;
+  --zip)
+    zip="${2:-}"
+    [ -f "$zip" ] || die "--zip file not found: ${zip:-<missing>}" ;;
+  *) die "usage: prepare_wikitext103.sh [--zip wikitext-103-v1.zip]" ;;
+esac
+[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "WORKERS must be a positive integer, got '$WORKERS'"
+
+command -v fairseq-preprocess >/dev/null || source "$root/scripts/setup_env.sh"
+command -v fairseq-preprocess >/dev/null || die "fairseq-preprocess not found on PATH (install fairseq, see README.md)"
+
+mkdir -p "$ORIG"
+if [ -z "$zip" ]; then
+  zip="$ORIG/wikitext-103-v1.zip"
+  if [ ! -f "$zip" ]; then
+    echo "prepare_wikitext103.sh: downloading $URL" >&2
+    python -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$URL" "$zip.part" \
+      || die "download of $URL failed; fetch it elsewhere and pass --zip FILE"
+    mv "$zip.part" "$zip"
+  fi
+fi
+python -m zipfile -e "$zip" "$ORIG"
+text="$ORIG/wikitext-103"
+for split in train valid test; do
+  [ -f "$text/wiki.$split.tokens" ] || die "$zip does not contain wikitext-103/wiki.$split.tokens"
+done
+
+fairseq-preprocess --only-source \
+  --trainpref "$text/wiki.train.tokens" --validpref "$text/wiki.valid.tokens" --testpref "$text/wiki.test.tokens" \
+  --destdir "$DATA" --workers "$WORKERS"
+echo "prepare_wikitext103.sh: binarized data in $DATA"
