@@ -30,15 +30,21 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-# Rows per chunk: bounds the transient (rows x vocab) temporaries at a few
-# hundred MB for a 32k vocabulary while keeping every chunk large enough to
-# run at full speed.
-CHUNK_ROWS = 1024
+# Elements per chunk of rows. On a CPU the few temporaries of one chunk stay
+# in cache while the chunk's element-wise steps run (2-3x faster than
+# chunks of 1024 rows at V = 8000); on a GPU large chunks keep the kernel
+# launches few while bounding each temporary at 128 MB.
+CHUNK_ELEMENTS = {"cpu": 2**17, "cuda": 2**25}
 
 
-def _row_chunks(num_rows: int):
-    for start in range(0, num_rows, CHUNK_ROWS):
-        yield slice(start, min(start + CHUNK_ROWS, num_rows))
+def rows_per_chunk(tensor: torch.Tensor) -> int:
+    return max(1, CHUNK_ELEMENTS.get(tensor.device.type, 2**25) // max(1, tensor.shape[-1]))
+
+
+def _row_chunks(tensor: torch.Tensor):
+    step = rows_per_chunk(tensor)
+    for start in range(0, tensor.shape[0], step):
+        yield slice(start, min(start + step, tensor.shape[0]))
 
 
 def _log_ratio(a, b):
@@ -48,29 +54,39 @@ def _log_ratio(a, b):
 
 
 def _symmetric_kl_rows(a, b, keep):
-    """Per row 1/2 sum_v (p1 - p2)(a - b) of 2-D log-probabilities, 0 where not ``keep``."""
+    """Per row 1/2 sum_v (p1 - p2)(a - b) of 2-D log-probabilities, 0 where not ``keep``.
+
+    Also returns the chunks that needed ``_log_ratio``'s care for a class
+    impossible under both passes, so that backward takes the same path.
+    """
     out = a.new_empty(a.shape[0])
-    for rows in _row_chunks(a.shape[0]):
-        out[rows] = ((a[rows].exp() - b[rows].exp()) * _log_ratio(a[rows], b[rows])).sum(-1)
-    return out.mul_(0.5).masked_fill_(~keep, 0.0)
+    careful_chunks = []
+    for rows in _row_chunks(a):
+        x, y = a[rows], b[rows]
+        out[rows] = torch.linalg.vecdot(x.exp().sub_(y.exp()), x - y)
+        if (out[rows].isnan() & keep[rows]).any():
+            careful_chunks.append(rows.start)
+            out[rows] = torch.linalg.vecdot(x.exp().sub_(y.exp()), _log_ratio(x, y))
+    return out.mul_(0.5).masked_fill_(~keep, 0.0), careful_chunks
 
 
-def _symmetric_kl_grads(a, b, keep, grad_out, grad_a, grad_b):
+def _symmetric_kl_grads(a, b, keep, grad_out, careful_chunks, grad_a, grad_b):
     """Writes the gradients of ``_symmetric_kl_rows`` w.r.t. ``a`` and ``b`` into
-    ``grad_a`` and ``grad_b``, chunk by chunk (no rows x vocab temporaries
-    beyond one chunk's)."""
-    scale = (0.5 * grad_out).masked_fill_(~keep, 0.0).unsqueeze(-1)
-    for rows in _row_chunks(a.shape[0]):
-        p1, p2 = a[rows].exp(), b[rows].exp()
-        log_ratio = _log_ratio(a[rows], b[rows])
-        prob_diff = p1 - p2
-        # d/da = p1 (a - b) + (p1 - p2);  d/db = -p2 (a - b) - (p1 - p2)
-        torch.mul(p1.mul_(log_ratio).add_(prob_diff), scale[rows], out=grad_a[rows])
-        torch.mul(p2.mul_(log_ratio).add_(prob_diff), scale[rows].neg(), out=grad_b[rows])
+    ``grad_a`` and ``grad_b``, chunk by chunk."""
+    scale = (0.5 * grad_out).masked_fill(~keep, 0.0).unsqueeze(-1)
+    for rows in _row_chunks(a):
+        x, y = a[rows], b[rows]
+        p1, p2 = x.exp(), y.exp()
+        log_ratio = _log_ratio(x, y) if rows.start in careful_chunks else x - y
+        # d/da = s (p1 (a - b) + (p1 - p2));  d/db = -s (p2 (a - b) + (p1 - p2))
+        scaled_ratio = log_ratio.mul_(scale[rows])
+        scaled_diff = (p1 - p2).mul_(scale[rows])
+        torch.addcmul(scaled_diff, p1, scaled_ratio, out=grad_a[rows])
+        torch.addcmul(scaled_diff, p2, scaled_ratio, out=grad_b[rows]).neg_()
     # A masked row may hold inf/NaN log-probabilities: 0 * inf would leak NaN.
-    drop = ~keep.unsqueeze(-1)
-    grad_a.masked_fill_(drop, 0.0)
-    grad_b.masked_fill_(drop, 0.0)
+    dropped = (~keep).nonzero().squeeze(-1)
+    grad_a.index_fill_(0, dropped, 0.0)
+    grad_b.index_fill_(0, dropped, 0.0)
 
 
 class _SymmetricKL(torch.autograd.Function):
@@ -82,14 +98,15 @@ class _SymmetricKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lprobs1, lprobs2, keep):
+        kl, ctx.careful_chunks = _symmetric_kl_rows(lprobs1, lprobs2, keep)
         ctx.save_for_backward(lprobs1, lprobs2, keep)
-        return _symmetric_kl_rows(lprobs1, lprobs2, keep)
+        return kl
 
     @staticmethod
     def backward(ctx, grad_out):
         lprobs1, lprobs2, keep = ctx.saved_tensors
         grad1, grad2 = torch.empty_like(lprobs1), torch.empty_like(lprobs2)
-        _symmetric_kl_grads(lprobs1, lprobs2, keep, grad_out, grad1, grad2)
+        _symmetric_kl_grads(lprobs1, lprobs2, keep, grad_out, ctx.careful_chunks, grad1, grad2)
         return grad1, grad2, None
 
 
@@ -103,14 +120,15 @@ class _SymmetricKLOfHalves(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, both, keep):
+        kl, ctx.careful_chunks = _symmetric_kl_rows(both[0], both[1], keep)
         ctx.save_for_backward(both, keep)
-        return _symmetric_kl_rows(both[0], both[1], keep)
+        return kl
 
     @staticmethod
     def backward(ctx, grad_out):
         both, keep = ctx.saved_tensors
         grad = torch.empty_like(both)
-        _symmetric_kl_grads(both[0], both[1], keep, grad_out, grad[0], grad[1])
+        _symmetric_kl_grads(both[0], both[1], keep, grad_out, ctx.careful_chunks, grad[0], grad[1])
         return grad, None
 
 
@@ -186,7 +204,7 @@ class _TailClusterKL(torch.autograd.Function):
     def forward(ctx, a, b, w1, w2, keep):
         kl12 = a.new_empty(a.shape[0])
         kl21 = a.new_empty(a.shape[0])
-        for rows in _row_chunks(a.shape[0]):
+        for rows in _row_chunks(a):
             log_ratio = _log_ratio(a[rows], b[rows])
             kl12[rows] = (a[rows].exp() * log_ratio).sum(-1)
             kl21[rows] = (b[rows].exp() * log_ratio).sum(-1).neg_()
@@ -199,7 +217,7 @@ class _TailClusterKL(torch.autograd.Function):
         half_grad = (0.5 * grad_out).masked_fill_(~keep, 0.0)
         grad_a = torch.empty_like(a)
         grad_b = torch.empty_like(b)
-        for rows in _row_chunks(a.shape[0]):
+        for rows in _row_chunks(a):
             p1, p2 = a[rows].exp(), b[rows].exp()
             log_ratio = _log_ratio(a[rows], b[rows])
             scale = half_grad[rows].unsqueeze(-1)

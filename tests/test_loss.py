@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rdrop_fairseq.loss import CHUNK_ROWS, rdrop_loss, symmetric_kl, symmetric_kl_of_halves
+from rdrop_fairseq.loss import rdrop_loss, rows_per_chunk, symmetric_kl, symmetric_kl_of_halves
 
 from .references import reference_label_smoothed_ce, reference_symmetric_kl
 
@@ -30,7 +30,7 @@ def test_symmetric_kl_equals_float64_reference_with_padding():
 
 
 def test_symmetric_kl_matches_reference_across_row_chunks():
-    rows = 2 * CHUNK_ROWS + 3
+    rows = 2 * rows_per_chunk(torch.empty(0, 11)) + 3
     x1, x2 = _logits(rows, 11, seed=3), _logits(rows, 11, seed=4)
     ours = symmetric_kl(x1.log_softmax(-1), x2.log_softmax(-1))
     torch.testing.assert_close(ours.double(), reference_symmetric_kl(x1, x2), rtol=1e-5, atol=1e-6)
@@ -117,6 +117,23 @@ def test_a_class_impossible_under_both_passes_contributes_nothing():
     torch.testing.assert_close(kl.double(), ref, rtol=1e-5, atol=1e-6)
 
 
+def test_a_class_impossible_under_both_passes_leaves_the_gradient_of_the_others_exact():
+    rows = rows_per_chunk(torch.empty(0, 10)) + 2  # the impossible class sits in the second chunk only
+    x1, x2 = _logits(rows, 10, seed=30), _logits(rows, 10, seed=31)
+    masked1, masked2 = x1.clone(), x2.clone()
+    masked1[-1, 4] = masked2[-1, 4] = float("-inf")
+    masked1.requires_grad_(), masked2.requires_grad_()
+    symmetric_kl(masked1.log_softmax(-1), masked2.log_softmax(-1)).sum().backward()
+    others = [v for v in range(10) if v != 4]
+    r1, r2 = x1.double().requires_grad_(), x2.double().requires_grad_()
+    ref = reference_symmetric_kl(r1[:-1], r2[:-1]).sum() + reference_symmetric_kl(r1[-1:, others], r2[-1:, others]).sum()
+    ref.backward()
+    assert masked1.grad[-1, 4] == 0 and masked2.grad[-1, 4] == 0
+    torch.testing.assert_close(masked1.grad[:-1].double(), r1.grad[:-1], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(masked1.grad[-1, others].double(), r1.grad[-1, others], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(masked2.grad[-1, others].double(), r2.grad[-1, others], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_large_logits_give_finite_kl_and_gradients(dtype):
     big = torch.finfo(torch.float16).max
@@ -148,7 +165,7 @@ def test_mismatched_pass_shapes_are_rejected_with_both_shapes_named():
 
 
 def test_symmetric_kl_of_halves_equals_float64_reference_across_row_chunks_with_padding():
-    batch, length = 3, CHUNK_ROWS // 2 + 5  # 3 * length rows per pass: several chunks
+    batch, length = 3, rows_per_chunk(torch.empty(0, 13)) // 2 + 5  # 3 * length rows per pass: several chunks
     logits = _logits(2 * batch, length, 13, seed=27)
     keep = _keep_mask(batch, length, seed=6)
     ours = symmetric_kl_of_halves(logits.log_softmax(-1), keep)
