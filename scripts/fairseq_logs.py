@@ -6,12 +6,15 @@ fairseq prints one record per line, ``<time> | INFO | <tag> | {json}``, with
 strings; numbers are converted here.
 
     python scripts/fairseq_logs.py plot --out curves.png baseline=runs/a/train.log rdrop=runs/b/train.log
+    python scripts/fairseq_logs.py plot --out curves.png runs/multi30k-demo/results.json
 """
 
 import argparse
 import json
 import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def read_records(log_path, tag):
@@ -69,6 +72,23 @@ def curves(log_path):
     }
 
 
+def runs_of_results(results_path):
+    """{"<run> seed <seed>": curves} for every training log a demo's results.json
+    lists (``runs.<name>.seeds[].log``); relative log paths are taken from the
+    current directory, else from the repository root the demos run in."""
+    results = json.loads(Path(results_path).read_text(encoding="utf-8"))
+    runs = {}
+    for name, arm in results["runs"].items():
+        for seed in arm["seeds"]:
+            log = Path(seed["log"])
+            if not log.is_absolute() and not log.exists():
+                log = REPO / log
+            if not log.is_file():
+                raise FileNotFoundError(f"{results_path} lists the training log {seed['log']}, which does not exist")
+            runs[f"{name} seed {seed['seed']}"] = curves(log)
+    return runs
+
+
 def plot(runs, out_path, title=None):
     """One figure: training CE and KL, validation loss, validation BLEU against updates.
 
@@ -114,15 +134,24 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     plot_cmd = sub.add_parser("plot", help="PNG of the curves of one or more runs")
-    plot_cmd.add_argument("runs", nargs="+", metavar="LABEL=LOG", help="a label and a fairseq json log file")
+    plot_cmd.add_argument(
+        "runs", nargs="+", metavar="LABEL=LOG|RESULTS.json",
+        help="a label and a fairseq json log file, or a demo's results.json (all its runs)",
+    )
     plot_cmd.add_argument("--out", required=True, help="PNG file to write")
     plot_cmd.add_argument("--title")
     args = parser.parse_args(argv)
     runs = {}
     for spec in args.runs:
+        if spec.endswith(".json") and "=" not in spec:
+            try:
+                runs.update(runs_of_results(spec))
+            except (OSError, ValueError, KeyError) as error:
+                parser.error(f"cannot read the runs of {spec}: {error!r}")
+            continue
         label, sep, path = spec.partition("=")
         if not sep or not Path(path).is_file():
-            parser.error(f"expected LABEL=LOG with an existing log file, got {spec!r}")
+            parser.error(f"expected LABEL=LOG with an existing log file, or a results.json, got {spec!r}")
         runs[label] = curves(path)
     plot(runs, args.out, args.title)
     print(f"wrote {args.out}")
