@@ -10,6 +10,8 @@ with ``sample_size`` the original batch's ``ntokens`` (or ``nsentences`` under
 ``--sentence-avg``), the normalisation of the official R-Drop code. Validation,
 generation and ``--rdrop-alpha 0`` are exactly fairseq's
 ``label_smoothed_cross_entropy``: one pass, nothing doubled.
+With ``--rdrop-alpha-warmup-updates N``, alpha rises linearly from 0 over the
+first N updates of the trainer's count (``rdrop_common.trainer_num_updates``).
 
 Logged (base 2, per token): ``loss`` and ``nll_loss`` are the average of the
 two passes, so they compare with validation and with a baseline; ``kl_loss``
