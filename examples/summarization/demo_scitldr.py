@@ -1,0 +1,268 @@
+"""Baseline vs R-Drop abstractive summarization on SciTLDR, on a laptop CPU.
+
+SciTLDR-A: a paper's abstract is summarized into a one-sentence TLDR. The demo
+trains a joint sentencepiece model, binarizes, then trains two small
+transformer encoder-decoders from scratch with the same architecture, seed
+and number of updates: a baseline (``--rdrop-alpha 0``) and R-Drop. Both use
+the criterion ``label_smoothed_cross_entropy_rdrop``, so the only difference
+is the KL term. Each arm keeps its checkpoint of lowest validation loss,
+summarizes the test abstracts with beam search and is scored with ROUGE
+(scripts/rouge.py, rouge-score with stemming) against all of the test set's
+2 to 4 reference TLDRs (best per example).
+
+Writes into ``--workdir``: ``results.json``, ``curves.png`` (training and
+validation loss against updates for both runs) and the fairseq logs,
+checkpoints and summaries.
+
+    python examples/summarization/demo_scitldr.py                 # default budget
+    python examples/summarization/demo_scitldr.py --full --seeds 1 2   # the README's table
+"""
+
+import gzip
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from scripts.demo_support import (  # noqa: E402
+    USER_DIR, add_demo_arguments, demo_parser, fairseq_train, log, mean, print_table as print_rows,
+    require_fairseq, resolve_setup, run, seed_groups, thread_env, tool,
+)
+from scripts.fairseq_logs import curves, plot  # noqa: E402
+from scripts.rouge import METRICS, LABELS, score as rouge_score  # noqa: E402
+
+DATA = REPO / "data" / "summarization" / "scitldr"
+SRC, TGT = "source", "target"
+# fairseq split name -> SciTLDR-A file stem
+SPLITS = {"train": "train", "valid": "dev", "test": "test"}
+
+# Dropout 0.1 and alpha 0.7 are the paper's CNN/DailyMail settings. The model
+# is sized to see the 1,992 training abstracts several times within a 2-core
+# budget; abstracts are truncated to keep an epoch cheap.
+SETUP = {
+    "train_subset": 0,  # first N training abstracts; 0: all 1,992
+    "vocab_size": 4000,  # joint sentencepiece vocabulary
+    "max_source_tokens": 128,  # abstracts are truncated to this many pieces
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "embed_dim": 256,
+    "ffn_dim": 512,
+    "heads": 4,
+    "dropout": 0.1,
+    "lr": 2e-3,
+    "warmup": 100,
+    "max_tokens": 4096,
+}
+# Budgets share the setup; they change the number of updates and the
+# evaluation cadence. "tiny" exists for the end-to-end test.
+BUDGETS = {
+    "tiny": dict(max_update=20, interval=10, test_subset=40, beam=2,
+                 setup=dict(train_subset=300, vocab_size=600, encoder_layers=1, decoder_layers=1,
+                            embed_dim=32, ffn_dim=64, heads=2, warmup=5)),
+    "default": dict(max_update=250, interval=50),
+    "full": dict(max_update=400, interval=50),
+}
+
+
+def read_split(stem):
+    with gzip.open(DATA / f"{stem}.jsonl.gz", "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def one_line(text):
+    return " ".join(text.split())
+
+
+def prepare_data(work, vocab_size, train_subset, test_subset):
+    """Raw text, joint sentencepiece, fairseq binarization with a joined dictionary.
+
+    Training and validation pair each abstract with its first (the author's)
+    TLDR; test references (all TLDRs of an example) are kept for ROUGE.
+    """
+    import sentencepiece as spm
+
+    bin_dir = work / "data-bin"
+    if (bin_dir / f"dict.{TGT}.txt").exists():
+        log(f"reusing {bin_dir}")
+        return bin_dir
+    raw, sp_dir = work / "raw", work / "spm"
+    raw.mkdir(parents=True, exist_ok=True)
+    sp_dir.mkdir(exist_ok=True)
+    for split, stem in SPLITS.items():
+        records = read_split(stem)
+        limit = train_subset if split == "train" else (test_subset if split == "test" else None)
+        records = records[:limit] if limit else records
+        sources = [one_line(" ".join(r["source"])) for r in records]
+        (raw / f"{split}.{SRC}").write_text("\n".join(sources) + "\n", encoding="utf-8")
+        (raw / f"{split}.{TGT}").write_text("\n".join(one_line(r["target"][0]) for r in records) + "\n",
+                                            encoding="utf-8")
+        if split == "test":
+            refs = [[one_line(t) for t in r["target"]] for r in records]
+            (raw / "test.references.json").write_text(json.dumps(refs, indent=0), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=[str(raw / f"train.{SRC}"), str(raw / f"train.{TGT}")],
+        model_prefix=str(sp_dir / "spm"),
+        vocab_size=vocab_size,
+        character_coverage=1.0,
+        model_type="unigram",
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(sp_dir / "spm.model"))
+    for split in SPLITS:
+        for lang in (SRC, TGT):
+            lines = (raw / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()
+            pieces = [" ".join(p) for p in sp.encode(lines, out_type=str)]
+            (sp_dir / f"{split}.{lang}").write_text("\n".join(pieces) + "\n", encoding="utf-8")
+    tmp_bin = work / "data-bin.tmp"
+    shutil.rmtree(tmp_bin, ignore_errors=True)
+    run(
+        [
+            tool("fairseq-preprocess"), "--source-lang", SRC, "--target-lang", TGT, "--joined-dictionary",
+            "--trainpref", sp_dir / "train", "--validpref", sp_dir / "valid", "--testpref", sp_dir / "test",
+            "--destdir", tmp_bin, "--workers", "2",
+        ]
+    )
+    tmp_bin.rename(bin_dir)
+    return bin_dir
+
+
+def train(bin_dir, save_dir, alpha, seed, budget, model, threads):
+    return fairseq_train(
+        [
+            bin_dir, "--user-dir", USER_DIR, "--task", "translation",
+            "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", seed,
+            "--truncate-source", "--max-source-positions", model["max_source_tokens"],
+            "--arch", "transformer", "--share-all-embeddings",
+            "--encoder-layers", model["encoder_layers"], "--decoder-layers", model["decoder_layers"],
+            "--encoder-embed-dim", model["embed_dim"], "--decoder-embed-dim", model["embed_dim"],
+            "--encoder-ffn-embed-dim", model["ffn_dim"], "--decoder-ffn-embed-dim", model["ffn_dim"],
+            "--encoder-attention-heads", model["heads"], "--decoder-attention-heads", model["heads"],
+            "--dropout", model["dropout"], "--attention-dropout", 0.1, "--activation-dropout", 0.1,
+            "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", alpha,
+            "--label-smoothing", 0.1,
+            "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", model["lr"], "--clip-norm", 0.0,
+            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", model["warmup"], "--warmup-init-lr", 1e-7,
+            "--weight-decay", 0.0001, "--max-tokens", model["max_tokens"], "--max-update", budget["max_update"],
+            "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
+            "--save-interval", 100000, "--save-interval-updates", budget["interval"],
+            "--keep-interval-updates", 1, "--no-epoch-checkpoints",
+            "--required-batch-size-multiple", 1,
+            "--log-format", "json", "--log-interval", 25, "--num-workers", 0,
+        ],
+        save_dir, threads,
+    )
+
+
+def summarize(bin_dir, save_dir, beam, max_source_tokens, threads):
+    """Beam-search summaries of the test abstracts from checkpoint_best.pt, in test-set order."""
+    out = save_dir / "generate-test.txt"
+    if not out.exists():
+        tmp = out.with_suffix(".tmp")
+        with open(tmp, "w") as sink:
+            subprocess.run(
+                [
+                    tool("fairseq-generate"), str(bin_dir), "--user-dir", str(USER_DIR),
+                    "--path", str(save_dir / "checkpoint_best.pt"), "--gen-subset", "test",
+                    "--truncate-source", "--max-source-positions", str(max_source_tokens),
+                    "--cpu", "--beam", str(beam), "--batch-size", "64",
+                    # fairseq otherwise drops a last batch whose size is not a multiple of 8
+                    "--required-batch-size-multiple", "1",
+                    "--remove-bpe", "sentencepiece", "--max-len-a", "0", "--max-len-b", "60",
+                    "--no-repeat-ngram-size", "3",
+                ],
+                stdout=sink, stderr=subprocess.PIPE, text=True, check=True, env=thread_env(threads),
+            )
+        tmp.rename(out)
+    hyps = {}
+    for line in out.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^D-(\d+)\t[^\t]*\t(.*)$", line)
+        if match:
+            hyps[int(match.group(1))] = match.group(2)
+    return hyps
+
+
+def evaluate(bin_dir, save_dir, work, beam, model, threads):
+    """ROUGE F1 of the test summaries against every reference TLDR (best per example)."""
+    references = json.loads((work / "raw" / "test.references.json").read_text(encoding="utf-8"))
+    hyps = summarize(bin_dir, save_dir, beam, model["max_source_tokens"], threads)
+    if len(hyps) != len(references):
+        raise SystemExit(f"{save_dir / 'generate-test.txt'}: {len(hyps)} summaries for {len(references)} "
+                         "test abstracts; delete it and rerun")
+    # An abstract fairseq-generate returns no summary for scores as empty.
+    ordered = [hyps[i] for i in range(len(references))]
+    (save_dir / "test.hypo").write_text("\n".join(ordered) + "\n", encoding="utf-8")
+    scores = rouge_score(ordered, references)
+    return {m: round(scores[m]["fmeasure"], 2) for m in METRICS}
+
+
+def best_valid_loss(log_file):
+    return min((loss for loss in curves(log_file)["valid"]["loss"] if isinstance(loss, float)), default=None)
+
+
+def print_table(results):
+    """One row per run and seed, plus the mean over seeds when there are several."""
+    arms = results["runs"]
+    header = ["run", "alpha", "seed"] + [LABELS[m] for m in METRICS] + ["best valid loss", "train min"]
+    rows = [
+        [name, f"{arm['alpha']:g}", label]
+        + [f"{mean(s['test_rouge'][m] for s in seeds):.2f}" for m in METRICS]
+        + [f"{mean(s['best_valid_loss'] for s in seeds):.3f}", f"{mean(s['train_seconds'] for s in seeds) / 60:.1f}"]
+        for name, arm in arms.items()
+        for label, seeds in seed_groups(arm)
+    ]
+    print_rows(header, rows)
+    print(f"R-Drop - baseline, SciTLDR test ROUGE-L F1 (mean over seeds): {results['delta_rougeL']:+.2f}")
+
+
+def main(argv=None):
+    parser = demo_parser(__doc__)
+    add_demo_arguments(parser, SETUP, BUDGETS, alpha=0.7, workdir=REPO / "runs" / "scitldr-demo")
+    args = parser.parse_args(argv)
+    budget, model = resolve_setup(args, parser, SETUP, BUDGETS)
+    require_fairseq("examples/summarization/run_demo.sh")
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"budget {args.budget}: {budget['max_update']} updates per run, model {model}, seeds {args.seeds}")
+    data_key = f"data-{model['train_subset']}-{model['vocab_size']}-{budget.get('test_subset', 'all')}"
+    bin_dir = prepare_data(work / data_key, model["vocab_size"], model["train_subset"], budget.get("test_subset"))
+
+    setup_tag = hashlib.sha1(json.dumps(model, sort_keys=True).encode()).hexdigest()[:8]
+    results = {"budget": args.budget, "max_update": budget["max_update"], "setup": model,
+               "threads": args.threads, "runs": {}}
+    arms = {"baseline": 0.0, "rdrop": args.alpha}
+    for name, alpha in arms.items():
+        results["runs"][name] = {"alpha": alpha, "seeds": []}
+    # Seed by seed, so that an interrupted multi-seed run leaves complete pairs.
+    for seed in args.seeds:
+        for name, alpha in arms.items():
+            save_dir = work / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}-{setup_tag}"
+            log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.threads)
+            results["runs"][name]["seeds"].append({
+                "seed": seed, "train_seconds": round(seconds, 1), "log": str(log_file),
+                "best_valid_loss": best_valid_loss(log_file),
+                "test_rouge": evaluate(bin_dir, save_dir, bin_dir.parent, budget.get("beam", 4), model,
+                                       args.threads),
+            })
+    results["delta_rougeL"] = round(
+        mean(s["test_rouge"]["rougeL"] for s in results["runs"]["rdrop"]["seeds"])
+        - mean(s["test_rouge"]["rougeL"] for s in results["runs"]["baseline"]["seeds"]), 2
+    )
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    plot(
+        {f"{name} seed {s['seed']}": curves(s["log"]) for name, arm in results["runs"].items() for s in arm["seeds"]},
+        work / "curves.png",
+        title=f"SciTLDR-A, {budget['max_update']} updates",
+    )
+    print()
+    print_table(results)
+    log(f"wrote {work / 'results.json'} and {work / 'curves.png'}")
+
+
+if __name__ == "__main__":
+    main()

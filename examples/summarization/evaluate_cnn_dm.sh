@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Scores a fine-tuned BART on the CNN/DailyMail test set as the R-Drop paper
+# reports it (ROUGE-1/2/L F1): summaries from generate_cnn_dm.py (beam 4, lenpen
+# 2.0, max_len_b 140, min_len 55, no_repeat_ngram_size 3), then ROUGE-1/2/L/Lsum
+# with stemming through rouge-score (scripts/rouge.py), sentences split at end
+# punctuation for ROUGE-Lsum. Writes the summaries and rouge.json next to the
+# checkpoint.
+#
+#   bash examples/summarization/evaluate_cnn_dm.sh
+#   CHECKPOINT=ckpt/checkpoint_best.pt bash examples/summarization/evaluate_cnn_dm.sh --batch-size 16
+#   HYPO=test.hypo bash examples/summarization/evaluate_cnn_dm.sh   # score existing summaries only
+#
+# Environment: DATA (runs/data-bin/cnn_dm, with test.source and test.target from
+# prepare_cnn_dm.sh), CHECKPOINT, HYPO, GPT2_BPE (runs/cnn_dm/gpt2_bpe). Extra
+# arguments go to generate_cnn_dm.py.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+source "$root/examples/translation/common.sh"
+
+DATA="${DATA:-$root/runs/data-bin/cnn_dm}"
+CHECKPOINT="${CHECKPOINT:-$root/runs/checkpoints/cnn_dm_bart_large_alpha0.7_seed1/checkpoint_best.pt}"
+GPT2_BPE="${GPT2_BPE:-$root/runs/cnn_dm/gpt2_bpe}"
+
+[ -f "$DATA/test.target" ] || die "reference summaries not found: $DATA/test.target (run prepare_cnn_dm.sh or set DATA)"
+if [ -n "${HYPO:-}" ]; then
+  [ -f "$HYPO" ] || die "HYPO=$HYPO does not exist"
+else
+  [ -f "$CHECKPOINT" ] || die "checkpoint not found: $CHECKPOINT (set CHECKPOINT)"
+  [ -f "$DATA/test.source" ] || die "test articles not found: $DATA/test.source (run prepare_cnn_dm.sh or set DATA)"
+fi
+
+find_fairseq
+hypo="${HYPO:-$(dirname "$CHECKPOINT")/test.$(basename "$CHECKPOINT" .pt).hypo}"
+if [ -z "${HYPO:-}" ]; then
+  bpe=()
+  [ -f "$GPT2_BPE/encoder.json" ] && bpe=(--gpt2-bpe "$GPT2_BPE")
+  python "$here/generate_cnn_dm.py" --checkpoint "$CHECKPOINT" --data "$DATA" \
+    --source "$DATA/test.source" --out "$hypo.part" "${bpe[@]}" "$@"
+  mv "$hypo.part" "$hypo"
+  echo "evaluate_cnn_dm.sh: summaries in $hypo" >&2
+fi
+python "$root/scripts/rouge.py" "$hypo" "$DATA/test.target" --split-sentences --json "${hypo%.hypo}.rouge.json"

@@ -1,0 +1,86 @@
+"""CNN/DailyMail stories -> {train,val,test}.{source,target}, untokenized text.
+
+The non-anonymized CNN/DailyMail of See et al. (2017) in the form BART and the
+R-Drop paper fine-tune on: one article per line in ``.source`` and its
+highlights joined by spaces in ``.target``, in the order of the official URL
+lists, text left untokenized (GPT-2 BPE works on raw text). A story file is
+``<sha1 of its URL>.story``; its lines before the first ``@highlight`` are the
+article, the line after each ``@highlight`` a highlight. A highlight or article
+line without final punctuation gets a period. Stories without article text
+(114 in the full data) are left out.
+
+    python examples/summarization/make_cnn_dm.py --stories cnn/stories dailymail/stories \\
+        --url-lists url_lists --out cnn_dm
+"""
+
+import argparse
+import hashlib
+from pathlib import Path
+
+SPLITS = {"train": "all_train.txt", "val": "all_val.txt", "test": "all_test.txt"}
+END_TOKENS = (".", "!", "?", "...", "'", "`", '"', "\u2019", "\u201d", ")")
+
+
+def with_period(line):
+    return line if line.endswith(END_TOKENS) else line + "."
+
+
+def parse_story(text):
+    """(article, highlights) of one .story file's text."""
+    article, highlights = [], []
+    next_is_highlight = False
+    for line in (raw.strip() for raw in text.splitlines()):
+        if not line:
+            continue
+        if line == "@highlight":
+            next_is_highlight = True
+        elif next_is_highlight:
+            highlights.append(with_period(line))
+            next_is_highlight = False
+        elif not highlights:
+            article.append(with_period(line))
+    return " ".join(article), " ".join(highlights)
+
+
+def story_name(url):
+    return hashlib.sha1(url.strip().encode("utf-8")).hexdigest() + ".story"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stories", nargs="+", type=Path, required=True,
+                        help="folders of .story files (cnn/stories, dailymail/stories)")
+    parser.add_argument("--url-lists", type=Path, required=True,
+                        help="folder with all_train.txt, all_val.txt, all_test.txt")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    for folder in args.stories:
+        if not folder.is_dir():
+            raise SystemExit(f"make_cnn_dm.py: error: story folder not found: {folder}")
+    for name in SPLITS.values():
+        if not (args.url_lists / name).is_file():
+            raise SystemExit(f"make_cnn_dm.py: error: URL list not found: {args.url_lists / name}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for split, list_name in SPLITS.items():
+        urls = [u for u in (args.url_lists / list_name).read_text(encoding="utf-8").splitlines() if u.strip()]
+        kept = skipped = 0
+        with open(args.out / f"{split}.source", "w", encoding="utf-8") as src, \
+                open(args.out / f"{split}.target", "w", encoding="utf-8") as tgt:
+            for url in urls:
+                paths = [folder / story_name(url) for folder in args.stories]
+                path = next((p for p in paths if p.is_file()), None)
+                if path is None:
+                    raise SystemExit(f"make_cnn_dm.py: error: no story for {url} ({story_name(url)}) in "
+                                     + ", ".join(map(str, args.stories)))
+                article, summary = parse_story(path.read_text(encoding="utf-8"))
+                if not article or not summary:
+                    skipped += 1
+                    continue
+                src.write(article + "\n")
+                tgt.write(summary + "\n")
+                kept += 1
+        print(f"{split}: {kept} stories, {skipped} without article or highlights left out")
+
+
+if __name__ == "__main__":
+    main()

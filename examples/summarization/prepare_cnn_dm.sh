@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Prepares CNN/DailyMail for BART-large fine-tuning as in the R-Drop paper (and
+# fairseq's BART recipe): downloads the stories, the URL lists, GPT-2 BPE and the
+# pretrained bart.large, writes untokenized {train,val,test}.{source,target},
+# applies GPT-2 BPE and binarizes with BART's dictionary.
+#
+#   bash examples/summarization/prepare_cnn_dm.sh
+#   WORK=/data/cnn_dm WORKERS=60 bash examples/summarization/prepare_cnn_dm.sh
+#
+# Environment: WORK (runs/cnn_dm: downloads and text), DATA (runs/data-bin/cnn_dm:
+# the binarized data), BART_DIR (runs/bart.large), WORKERS (8). A file already in
+# place is not downloaded again, so cnn_stories.tgz and dailymail_stories.tgz
+# (https://cs.nyu.edu/~kcho/DMQA/) can be put into WORK by hand when Google
+# Drive refuses the scripted download.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+source "$root/examples/translation/common.sh"
+
+WORK="${WORK:-$root/runs/cnn_dm}"
+DATA="${DATA:-$root/runs/data-bin/cnn_dm}"
+BART_DIR="${BART_DIR:-$root/runs/bart.large}"
+WORKERS="${WORKERS:-8}"
+[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "WORKERS must be a positive integer, got '$WORKERS'"
+
+url_lists=https://raw.githubusercontent.com/abisee/cnn-dailymail/master/url_lists
+gpt2_bpe=https://dl.fbaipublicfiles.com/fairseq/gpt2_bpe
+bart_url=https://dl.fbaipublicfiles.com/fairseq/models/bart.large.tar.gz
+# Google Drive ids of the DMQA story archives.
+cnn_id=0BwmD_VLjROrfTHk4NFg2SndKcjQ
+dm_id=0BwmD_VLjROrfM1BxdkxVaTY2bWs
+
+fetch() {  # fetch URL FILE: download unless FILE exists, never leaving a partial file
+  [ -s "$2" ] && return 0
+  echo "downloading $1" >&2
+  curl -fL --retry 3 -o "$2.part" "$1" || die "download failed: $1 (put the file at $2 by hand)"
+  mv "$2.part" "$2"
+}
+drive_url() { echo "https://drive.usercontent.google.com/download?id=$1&export=download&confirm=t"; }
+
+mkdir -p "$WORK/url_lists" "$WORK/gpt2_bpe"
+for split in train val test; do
+  fetch "$url_lists/all_$split.txt" "$WORK/url_lists/all_$split.txt"
+done
+fetch "$(drive_url "$cnn_id")" "$WORK/cnn_stories.tgz"
+fetch "$(drive_url "$dm_id")" "$WORK/dailymail_stories.tgz"
+for f in encoder.json vocab.bpe dict.txt; do
+  fetch "$gpt2_bpe/$f" "$WORK/gpt2_bpe/$f"
+done
+if [ ! -s "$BART_DIR/model.pt" ]; then
+  fetch "$bart_url" "$WORK/bart.large.tar.gz"
+  mkdir -p "$BART_DIR"
+  tar -xzf "$WORK/bart.large.tar.gz" -C "$BART_DIR" --strip-components 1
+fi
+
+find_fairseq
+
+for archive in cnn dailymail; do
+  [ -d "$WORK/$archive/stories" ] || tar -xzf "$WORK/${archive}_stories.tgz" -C "$WORK"
+done
+python "$here/make_cnn_dm.py" --stories "$WORK/cnn/stories" "$WORK/dailymail/stories" \
+  --url-lists "$WORK/url_lists" --out "$WORK/text"
+
+for split in train val test; do
+  for side in source target; do
+    python -m fairseq.examples.roberta.multiprocessing_bpe_encoder \
+      --encoder-json "$WORK/gpt2_bpe/encoder.json" --vocab-bpe "$WORK/gpt2_bpe/vocab.bpe" \
+      --inputs "$WORK/text/$split.$side" --outputs "$WORK/text/$split.bpe.$side" \
+      --workers "$WORKERS" --keep-empty
+  done
+done
+
+rm -rf "$DATA.tmp"
+fairseq-preprocess --source-lang source --target-lang target \
+  --trainpref "$WORK/text/train.bpe" --validpref "$WORK/text/val.bpe" --testpref "$WORK/text/test.bpe" \
+  --destdir "$DATA.tmp" --workers "$WORKERS" \
+  --srcdict "$WORK/gpt2_bpe/dict.txt" --tgtdict "$WORK/gpt2_bpe/dict.txt"
+rm -rf "$DATA"
+mv "$DATA.tmp" "$DATA"
+# The untokenized test references, for ROUGE.
+cp "$WORK/text/test.source" "$WORK/text/test.target" "$DATA/"
+echo "prepare_cnn_dm.sh: binarized data in $DATA, bart.large in $BART_DIR" >&2

@@ -1,0 +1,308 @@
+"""Checks of the CNN/DailyMail recipe in examples/summarization/ that run offline.
+
+Downloads are replaced by files put in place beforehand (the scripts fetch only
+what is missing): story archives written here, and a small GPT-2-format BPE
+(the 256 byte symbols plus two merges) standing in for GPT-2's 50k vocabulary.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from .cli import REPO
+
+EXAMPLES = REPO / "examples" / "summarization"
+SCRIPTS = [EXAMPLES / f"{name}.sh" for name in ("prepare_cnn_dm", "train_cnn_dm", "evaluate_cnn_dm", "run_demo")]
+VENV_BIN = str(Path(sys.executable).parent)
+
+sys.path.insert(0, str(EXAMPLES))
+import make_cnn_dm  # noqa: E402
+
+STORY = """Lead line of the article without a period
+
+Second line ends properly.
+
+@highlight
+
+First highlight
+
+@highlight
+
+Second highlight!
+"""
+ARTICLES = {
+    "train": ["the cat sat on the mat. the dog ran to the park.", "there is the thing in the house!"],
+    "val": ["the weather is fine today."],
+    "test": ["the end of the story is near.", "the other story is longer than the first one."],
+}
+
+
+def _env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
+
+
+def _bash(script, *args, **env):
+    return subprocess.run(["bash", str(EXAMPLES / script), *map(str, args)], capture_output=True, text=True,
+                          env=_env(**env), timeout=600)
+
+
+# ------------------------------------------------------------- story parsing
+
+
+def test_story_splits_article_from_highlights_and_adds_missing_periods():
+    article, summary = make_cnn_dm.parse_story(STORY)
+    assert article == "Lead line of the article without a period. Second line ends properly."
+    assert summary == "First highlight. Second highlight!"
+
+
+def test_story_without_article_text_gives_empty_article():
+    assert make_cnn_dm.parse_story("@highlight\n\nOnly a highlight\n") == ("", "Only a highlight.")
+
+
+def test_story_file_is_named_by_the_sha1_of_its_url():
+    url = "http://www.cnn.com/2014/01/01/world/example/index.html"
+    assert make_cnn_dm.story_name(url) == hashlib.sha1(url.encode()).hexdigest() + ".story"
+
+
+# -------------------------------------------------------- fake downloads
+
+
+def _story(article, highlight):
+    return f"{article}\n\n@highlight\n\n{highlight}\n"
+
+
+def _put_downloads(work: Path):
+    """Story archives, URL lists and a small GPT-2 BPE where prepare_cnn_dm.sh looks for them."""
+    from fairseq.data.encoders.gpt2_bpe_utils import bytes_to_unicode
+
+    (work / "url_lists").mkdir(parents=True)
+    stories = {"cnn": work / "src" / "cnn" / "stories", "dailymail": work / "src" / "dailymail" / "stories"}
+    for folder in stories.values():
+        folder.mkdir(parents=True)
+    for split, articles in ARTICLES.items():
+        urls = []
+        for index, article in enumerate(articles):
+            source = "cnn" if index % 2 == 0 else "dailymail"
+            url = f"http://{source}.example/{split}/{index}"
+            (stories[source] / make_cnn_dm.story_name(url)).write_text(_story(article, f"summary {index} of {split}"))
+            urls.append(url)
+        # A story without article text is left out.
+        empty = f"http://cnn.example/{split}/empty"
+        (stories["cnn"] / make_cnn_dm.story_name(empty)).write_text("@highlight\n\nno article\n")
+        (work / "url_lists" / f"all_{split}.txt").write_text("\n".join(urls + [empty]) + "\n")
+    for source in stories:
+        with tarfile.open(work / f"{source}_stories.tgz", "w:gz") as tar:
+            tar.add(work / "src" / source, arcname=source)
+    shutil.rmtree(work / "src")
+
+    bpe = work / "gpt2_bpe"
+    bpe.mkdir()
+    symbols = list(bytes_to_unicode().values()) + ["th", "the"]
+    (bpe / "encoder.json").write_text(json.dumps({s: i for i, s in enumerate(symbols)}))
+    (bpe / "vocab.bpe").write_text("#version: 0.2\nt h\nth e\n")
+    (bpe / "dict.txt").write_text("".join(f"{i} {1000 - i}\n" for i in range(len(symbols))))
+    return bpe
+
+
+def _prepare(tmp_path):
+    work, data, bart = tmp_path / "work", tmp_path / "data-bin", tmp_path / "bart.large"
+    bpe = _put_downloads(work)
+    bart.mkdir()
+    (bart / "model.pt").write_text("pretrained weights stand-in")
+    r = _bash("prepare_cnn_dm.sh", WORK=str(work), DATA=str(data), BART_DIR=str(bart), WORKERS="1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return work, data, bpe, r
+
+
+def test_prepare_writes_text_and_binarized_data_that_decodes_back(tmp_path):
+    from fairseq.data import Dictionary, data_utils
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    work, data, bpe, r = _prepare(tmp_path)
+    assert "downloading" not in r.stderr  # everything was in place
+    assert "train: 2 stories, 1 without article or highlights left out" in r.stdout
+    for split, articles in ARTICLES.items():
+        assert (work / "text" / f"{split}.source").read_text().splitlines() == articles
+        assert (work / "text" / f"{split}.target").read_text().splitlines() == [
+            f"summary {i} of {split}." for i in range(len(articles))]
+    assert (data / "test.target").read_text() == (work / "text" / "test.target").read_text()
+
+    dictionary = Dictionary.load(str(data / "dict.source.txt"))
+    encoder = get_encoder(str(bpe / "encoder.json"), str(bpe / "vocab.bpe"))
+    dataset = data_utils.load_indexed_dataset(str(data / "train.source-target.source"), dictionary)
+    decoded = [encoder.decode([int(t) for t in dictionary.string(dataset[i]).split()]) for i in range(len(dataset))]
+    assert decoded == ARTICLES["train"]
+    # The merges were applied: "the" is one BPE symbol (id 257, after the 256
+    # bytes and "th"), not three bytes.
+    assert dictionary.string(dataset[0]).split()[0] == str(257)
+
+
+# --------------------------------------------------------- scripts, inputs
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shell_scripts_parse_and_are_strict(script):
+    r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = script.read_text()
+    assert "set -euo pipefail" in text and text.splitlines()[1].startswith("# ")
+
+
+MISSING = "/nonexistent/rdrop-data"
+FAIL_FAST = [
+    ("train_cnn_dm.sh", [], {"DATA": MISSING}, MISSING + "/dict.source.txt"),
+    ("evaluate_cnn_dm.sh", [], {"DATA": MISSING}, MISSING + "/test.target"),
+    ("prepare_cnn_dm.sh", [], {"WORKERS": "many"}, "WORKERS must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize("script,args,env,message", FAIL_FAST, ids=[f"{s}-{i}" for i, (s, *_r) in enumerate(FAIL_FAST)])
+def test_shell_scripts_fail_fast_on_bad_input(script, args, env, message):
+    start = time.monotonic()
+    r = subprocess.run(["bash", str(EXAMPLES / script), *args], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), **env})
+    assert r.returncode != 0 and message in r.stderr and "error" in r.stderr, r.stderr
+    assert time.monotonic() - start < 10
+
+
+FAKE_TRAIN = """#!{python}
+import json, sys
+print(json.dumps(sys.argv[1:]))
+"""
+
+
+def _fake_train_env(tmp_path, **env):
+    fake_bin = tmp_path / "fakebin"
+    fake_bin.mkdir()
+    (fake_bin / "fairseq-train").write_text(FAKE_TRAIN.format(python=sys.executable))
+    (fake_bin / "fairseq-train").chmod(0o755)
+    data, bart = tmp_path / "data", tmp_path / "bart"
+    data.mkdir()
+    bart.mkdir()
+    for name in ("dict.source.txt", "dict.target.txt", "train.source-target.source.bin",
+                 "valid.source-target.source.bin"):
+        (data / name).write_text("")
+    (bart / "model.pt").write_text("")
+    e = _env(DATA=str(data), BART_DIR=str(bart), SAVE_DIR=str(tmp_path / "ckpt"), **env)
+    e["PATH"] = f"{fake_bin}{os.pathsep}{e['PATH']}"
+    return e
+
+
+def _train_args(tmp_path, *extra, **env):
+    r = subprocess.run(["bash", str(EXAMPLES / "train_cnn_dm.sh"), *extra], capture_output=True, text=True,
+                       env=_fake_train_env(tmp_path, **env))
+    return r, (json.loads(r.stdout.splitlines()[0]) if r.returncode == 0 else None)
+
+
+def _flag(args, name):
+    return args[args.index(name) + 1]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU fallback")
+def test_train_command_line_is_the_papers_recipe(tmp_path):
+    r, args = _train_args(tmp_path, "--log-interval", "7")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for flag, value in [("--arch", "bart_large"), ("--task", "translation"), ("--source-lang", "source"),
+                        ("--target-lang", "target"), ("--criterion", "label_smoothed_cross_entropy_rdrop"),
+                        ("--rdrop-alpha", "0.7"), ("--label-smoothing", "0.1"), ("--dropout", "0.1"),
+                        ("--attention-dropout", "0.1"), ("--weight-decay", "0.01"), ("--lr", "3e-05"),
+                        ("--lr-scheduler", "polynomial_decay"), ("--total-num-update", "20000"),
+                        ("--max-update", "20000"), ("--warmup-updates", "500"), ("--clip-norm", "0.1"),
+                        ("--adam-betas", "(0.9, 0.999)"), ("--adam-eps", "1e-08"),
+                        ("--max-tokens", "1024"), ("--update-freq", "64"), ("--seed", "1")]:
+        assert _flag(args, flag) == value, flag
+    for switch in ("--truncate-source", "--layernorm-embedding", "--share-all-embeddings",
+                   "--share-decoder-input-output-embed", "--reset-optimizer", "--reset-dataloader",
+                   "--reset-meters", "--find-unused-parameters", "--skip-invalid-size-inputs-valid-test"):
+        assert switch in args, switch
+    assert _flag(args, "--required-batch-size-multiple") == "1"
+    assert _flag(args, "--restore-file") == str(tmp_path / "bart" / "model.pt")
+    assert Path(_flag(args, "--user-dir")) == REPO / "rdrop_fairseq"
+    assert "--cpu" in args and "--fp16" not in args  # no CUDA here
+    assert args[-2:] == ["--log-interval", "7"]  # passthrough last, so it can override
+    assert "1 GPU(s) x 1024 tokens x update-freq 64 = 65536 tokens per update" in r.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU fallback")
+def test_train_keeps_the_papers_tokens_per_update_when_max_tokens_changes(tmp_path):
+    r, args = _train_args(tmp_path, MAX_TOKENS="3000", RDROP_ALPHA="0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    # ceil(65536 / 3000) = 22 steps of accumulation: 66,000 tokens.
+    assert _flag(args, "--update-freq") == "22" and _flag(args, "--rdrop-alpha") == "0"
+    assert "= 66000 tokens per update" in r.stderr
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"NUM_GPUS": "9"}, "NUM_GPUS must be 1..8"),
+    ({"RDROP_ALPHA": "-1"}, "RDROP_ALPHA must be a number"),
+    ({"MAX_TOKENS": "0"}, "MAX_TOKENS must be a positive integer"),
+    ({"NUM_GPUS": "2"}, "no CUDA device found, so NUM_GPUS must be 1"),
+])
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU fallback")
+def test_train_rejects_bad_settings(tmp_path, env, message):
+    r, _ = _train_args(tmp_path, **env)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
+def test_generate_rejects_a_missing_checkpoint(tmp_path):
+    r = subprocess.run([sys.executable, str(EXAMPLES / "generate_cnn_dm.py"), "--checkpoint", tmp_path / "x.pt",
+                        "--data", tmp_path, "--source", tmp_path / "s", "--out", tmp_path / "o"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr
+
+
+def test_generate_defaults_are_barts_cnn_dm_inference_settings():
+    import generate_cnn_dm
+
+    assert generate_cnn_dm.CNN_DM == dict(beam=4, lenpen=2.0, max_len_b=140, min_len=55, no_repeat_ngram_size=3)
+
+
+# -------------------------------------------------------------- end to end
+
+
+TINY = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
+        "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2",
+        "--decoder-attention-heads", "2", "--num-workers", "0", "--max-update", "2", "--total-num-update", "2",
+        "--warmup-updates", "1", "--max-tokens", "256", "--update-freq", "1"]
+
+
+@pytest.mark.slow
+def test_tiny_bart_prepared_fine_tuned_with_rdrop_summarizes_and_scores(tmp_path):
+    """prepare -> fine-tune a tiny bart_large-shaped model from an R-Drop "pretrained"
+    checkpoint -> BARTModel.from_pretrained + sample -> ROUGE (~1 min)."""
+    work, data, bpe, _ = _prepare(tmp_path)
+    bart = tmp_path / "bart.large"
+    # The "pretrained" model: the recipe's own command line, trained from scratch.
+    _, recipe = _train_args(tmp_path / "args")
+    recipe = [a for a in recipe[1:] if a not in ("--reset-optimizer", "--reset-dataloader", "--reset-meters")]
+    recipe = recipe[:recipe.index("--restore-file")] + recipe[recipe.index("--restore-file") + 2:]
+    recipe[recipe.index("--save-dir") + 1] = str(tmp_path / "pretrain")
+    r = subprocess.run([shutil.which("fairseq-train", path=VENV_BIN), str(data), *recipe, *TINY],
+                       capture_output=True, text=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    shutil.copy(tmp_path / "pretrain" / "checkpoint_last.pt", bart / "model.pt")
+
+    ckpt = tmp_path / "ckpt"
+    r = _bash("train_cnn_dm.sh", *TINY, DATA=str(data), BART_DIR=str(bart), SAVE_DIR=str(ckpt))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Loaded checkpoint" in r.stdout + r.stderr and "kl_loss" in r.stdout + r.stderr
+
+    r = _bash("evaluate_cnn_dm.sh", "--beam", "2", "--min-len", "1", "--max-len-b", "8", "--batch-size", "1",
+              DATA=str(data), CHECKPOINT=str(ckpt / "checkpoint_best.pt"), GPT2_BPE=str(bpe))
+    assert r.returncode == 0, r.stderr[-3000:]
+    hypo = ckpt / "test.checkpoint_best.hypo"
+    assert len(hypo.read_text().splitlines()) == len(ARTICLES["test"])
+    assert "ROUGE-Lsum" in r.stdout and "2 examples, 1.00 references per example, stemming on" in r.stdout
+    scores = json.loads((ckpt / "test.checkpoint_best.rouge.json").read_text())["scores"]
+    assert all(0.0 <= scores[m]["fmeasure"] <= 100.0 for m in scores)
