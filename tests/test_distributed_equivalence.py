@@ -16,34 +16,64 @@ runs are the same computation with different dropout masks, so their losses
 agree to within the masks' noise: 0.05 bits per token on every update's loss
 and KL, twice the largest difference measured over these 10 updates (0.024 for
 loss, 0.010 for KL, with losses falling from 10.3 to 8.7 bits). The per-update
-token and sentence counts are compared exactly.
+token and sentence counts are compared exactly, and so is the summing itself:
+a criterion that records every micro-batch's own ``kl_loss`` and ``ntokens`` on
+every rank shows that each logged ``kl_loss`` is their sum over the update's
+ranks (or micro-batches) per token, to the log's rounding.
 """
 
+import json
+import math
 import os
 import socket
 import subprocess
+from collections import defaultdict
 
 import pytest
 
-from .cli import tool, train_records
+from .cli import REPO, tool, train_records
 from .test_cli_end_to_end import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, multi30k_bin  # noqa: F401
 
 UPDATES = 10
 TOLERANCE_BITS = 0.05
 
+# label_smoothed_cross_entropy_rdrop, writing each training micro-batch's own
+# logging output to $RDROP_RECORD.<pid> before fairseq sums them.
+RECORDING_CRITERION = """
+import json, os
+from fairseq.criterions import register_criterion
+from rdrop_fairseq.criterions.label_smoothed_cross_entropy_rdrop import (
+    LabelSmoothedCrossEntropyRDropCriterion, LabelSmoothedCrossEntropyRDropCriterionConfig)
+from rdrop_fairseq.criterions.rdrop_common import trainer_num_updates
 
-def training_args(data, save_dir):
+@register_criterion("rdrop_recording", dataclass=LabelSmoothedCrossEntropyRDropCriterionConfig)
+class RDropRecording(LabelSmoothedCrossEntropyRDropCriterion):
+    def forward(self, model, sample, reduce=True):
+        loss, sample_size, log = super().forward(model, sample, reduce)
+        if model.training:
+            with open(os.environ["RDROP_RECORD"] + f".{os.getpid()}", "a") as f:
+                f.write(json.dumps({"update": trainer_num_updates() + 1, "kl_loss": float(log["kl_loss"]),
+                                    "ntokens": int(log["ntokens"])}) + "\\n")
+        return loss, sample_size, log
+"""
+
+
+def training_args(data, save_dir, user_dir):
     return [
         tool("fairseq-train"), data / "bin", "--task", "translation", *TINY_TRANSFORMER, *COMMON_TRAIN, *RDROP,
+        "--user-dir", user_dir, "--criterion", "rdrop_recording",
         "--label-smoothing", 0.1, "--max-tokens", 512, "--max-update", UPDATES, "--log-interval", 1,
         "--save-dir", save_dir, "--log-file", save_dir / "train.log", "--no-save",
     ]
 
 
-def launch(args, **env):
+def launch(args, save_dir):
     return subprocess.Popen(
         [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **env),
+        env=dict(
+            os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO),
+            RDROP_RECORD=str(save_dir / "record"),
+        ),
     )
 
 
@@ -56,6 +86,9 @@ def finish(procs):
 @pytest.fixture(scope="module")
 def runs(multi30k_bin):  # noqa: F811
     two_ranks, one_rank = multi30k_bin / "two-ranks", multi30k_bin / "one-rank"
+    user_dir = multi30k_bin / "rdrop_recording"
+    user_dir.mkdir()
+    (user_dir / "__init__.py").write_text(RECORDING_CRITERION)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -65,16 +98,29 @@ def runs(multi30k_bin):  # noqa: F811
         "--distributed-no-spawn", "--device-id", 0, "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
     ]
     finish([
-        launch(training_args(multi30k_bin, two_ranks) + distributed + ["--distributed-rank", rank])
+        launch(training_args(multi30k_bin, two_ranks, user_dir) + distributed + ["--distributed-rank", rank], two_ranks)
         for rank in (0, 1)
     ])
     one_rank.mkdir()
-    finish([launch(training_args(multi30k_bin, one_rank) + ["--update-freq", 2])])
-    return train_records(two_ranks / "train.log"), train_records(one_rank / "train.log")
+    finish([launch(training_args(multi30k_bin, one_rank, user_dir) + ["--update-freq", 2], one_rank)])
+    return {
+        name: (train_records(save / "train.log"), micro_batches(save))
+        for name, save in (("two ranks", two_ranks), ("one rank", one_rank))
+    }
+
+
+def micro_batches(save_dir):
+    """{update: [recorded logging output]} over every process of a run."""
+    updates = defaultdict(list)
+    for path in save_dir.glob("record.*"):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            updates[record["update"]].append(record)
+    return updates
 
 
 def test_both_runs_train_on_the_same_global_batches(runs):
-    two_ranks, one_rank = runs
+    two_ranks, one_rank = runs["two ranks"][0], runs["one rank"][0]
     assert [r["num_updates"] for r in two_ranks] == [r["num_updates"] for r in one_rank] == list(range(1, UPDATES + 1))
     # wpb and bsz are the target tokens and sentences summed over the update's
     # logging outputs: the ranks' in one run, the micro-batches' in the other.
@@ -83,7 +129,19 @@ def test_both_runs_train_on_the_same_global_batches(runs):
 
 @pytest.mark.parametrize("key", ["loss", "nll_loss", "kl_loss"])
 def test_the_loss_trajectories_agree_within_dropout_noise(runs, key):
-    two_ranks, one_rank = runs
+    two_ranks, one_rank = runs["two ranks"][0], runs["one rank"][0]
     differences = [abs(a[key] - b[key]) for a, b in zip(two_ranks, one_rank)]
     assert max(differences) < TOLERANCE_BITS, differences
     assert all(r[key] > 0 for r in two_ranks + one_rank)
+
+
+@pytest.mark.parametrize("run", ["two ranks", "one rank"])
+def test_each_logged_kl_is_the_sum_over_the_updates_two_halves(runs, run):
+    records, recorded = runs[run]
+    for record in records:
+        halves = recorded[record["num_updates"]]
+        assert len(halves) == 2, "one micro-batch per rank, or two on one rank"
+        ntokens = sum(h["ntokens"] for h in halves)
+        assert ntokens == record["wpb"]
+        expected = sum(h["kl_loss"] for h in halves) / ntokens / math.log(2)
+        assert record["kl_loss"] == pytest.approx(expected, abs=6e-4)
