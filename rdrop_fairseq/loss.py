@@ -53,11 +53,13 @@ def _log_ratio(a, b):
     return (a - b).nan_to_num_(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
 
 
-def _symmetric_kl_rows(a, b, keep):
+def _symmetric_kl_rows(a, b, keep, row_sums=None):
     """Per row 1/2 sum_v (p1 - p2)(a - b) of 2-D log-probabilities, 0 where not ``keep``.
 
     Also returns the chunks that needed ``_log_ratio``'s care for a class
-    impossible under both passes, so that backward takes the same path.
+    impossible under both passes, so that backward takes the same path. With
+    ``row_sums`` (a ``(2, rows)`` buffer), fills it with sum_v a and sum_v b
+    while each chunk is at hand (label smoothing needs them).
     """
     out = a.new_empty(a.shape[0])
     careful_chunks = []
@@ -67,22 +69,37 @@ def _symmetric_kl_rows(a, b, keep):
         if (out[rows].isnan() & keep[rows]).any():
             careful_chunks.append(rows.start)
             out[rows] = torch.linalg.vecdot(x.exp().sub_(y.exp()), _log_ratio(x, y))
+        if row_sums is not None:
+            torch.sum(x, -1, out=row_sums[0, rows])
+            torch.sum(y, -1, out=row_sums[1, rows])
     return out.mul_(0.5).masked_fill_(~keep, 0.0), careful_chunks
 
 
-def _symmetric_kl_grads(a, b, keep, grad_out, careful_chunks, grad_a, grad_b):
+def _symmetric_kl_grads(a, b, keep, grad_out, careful_chunks, grad_a, grad_b, uniform=None):
     """Writes the gradients of ``_symmetric_kl_rows`` w.r.t. ``a`` and ``b`` into
-    ``grad_a`` and ``grad_b``, chunk by chunk."""
+    ``grad_a`` and ``grad_b``, chunk by chunk. ``uniform`` (``(2, rows)``)
+    adds a per-row constant to every entry of ``grad_a`` and ``grad_b``
+    (label smoothing's share of the cross-entropy gradient), in the same pass.
+    """
     scale = (0.5 * grad_out).masked_fill(~keep, 0.0).unsqueeze(-1)
+    if uniform is not None:
+        uniform = uniform.unsqueeze(-1)
     for rows in _row_chunks(a):
         x, y = a[rows], b[rows]
         p1, p2 = x.exp(), y.exp()
         log_ratio = _log_ratio(x, y) if rows.start in careful_chunks else x - y
         # d/da = s (p1 (a - b) + (p1 - p2));  d/db = -s (p2 (a - b) + (p1 - p2))
         scaled_ratio = log_ratio.mul_(scale[rows])
-        scaled_diff = (p1 - p2).mul_(scale[rows])
-        torch.addcmul(scaled_diff, p1, scaled_ratio, out=grad_a[rows])
-        torch.addcmul(scaled_diff, p2, scaled_ratio, out=grad_b[rows]).neg_()
+        term_a = (p1 - p2).mul_(scale[rows])
+        if uniform is None:
+            torch.addcmul(term_a, p1, scaled_ratio, out=grad_a[rows])
+            torch.addcmul(term_a, p2, scaled_ratio, out=grad_b[rows]).neg_()
+        else:
+            term_a.add_(uniform[0, rows])
+            torch.addcmul(term_a, p1, scaled_ratio, out=grad_a[rows])
+            # -s (p1 - p2) + u_b = u_a + u_b - term_a
+            term_b = term_a.neg_().add_(uniform[0, rows] + uniform[1, rows])
+            torch.addcmul(term_b, p2, scaled_ratio, value=-1.0, out=grad_b[rows])
     # A masked row may hold inf/NaN log-probabilities: 0 * inf would leak NaN.
     dropped = (~keep).nonzero().squeeze(-1)
     grad_a.index_fill_(0, dropped, 0.0)
@@ -130,6 +147,44 @@ class _SymmetricKLOfHalves(torch.autograd.Function):
         grad = torch.empty_like(both)
         _symmetric_kl_grads(both[0], both[1], keep, grad_out, ctx.careful_chunks, grad[0], grad[1])
         return grad, None
+
+
+class _LabelSmoothedNLLAndSymmetricKL(torch.autograd.Function):
+    """fairseq's label-smoothed NLL of both passes and their symmetric KL, in
+    one pass over a ``(2, rows, V)`` tensor of log-probabilities.
+
+    Separately, the cross-entropy's backward writes a dense gradient (zeros
+    scattered at the targets plus the smoothing's constant) and autograd adds
+    the KL's gradient to it: three extra sweeps over rows x V. Here the
+    smoothing constant joins the KL gradient chunk by chunk and the target
+    entries are added in place.
+    """
+
+    @staticmethod
+    def forward(ctx, both, target, keep, epsilon):
+        row_sums = both.new_empty(2, both.shape[1])
+        kl, ctx.careful_chunks = _symmetric_kl_rows(both[0], both[1], keep, row_sums)
+        target_index = target.masked_fill(~keep, 0).expand(2, -1).unsqueeze(-1)
+        nll = both.gather(-1, target_index).squeeze(-1).neg_().masked_fill_(~keep, 0.0)
+        smooth = row_sums.neg_().masked_fill_(~keep, 0.0)
+        eps_i = epsilon / (both.shape[-1] - 1)
+        loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
+        ctx.save_for_backward(both, target_index, keep)
+        ctx.epsilon = epsilon
+        return loss, nll, kl
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_nll, grad_kl):
+        both, target_index, keep = ctx.saved_tensors
+        eps_i = ctx.epsilon / (both.shape[-1] - 1)
+        grad = torch.empty_like(both)
+        _symmetric_kl_grads(
+            both[0], both[1], keep, grad_kl, ctx.careful_chunks, grad[0], grad[1],
+            uniform=(-eps_i * grad_loss).masked_fill_(~keep, 0.0),
+        )
+        at_target = (-(1.0 - ctx.epsilon - eps_i) * grad_loss - grad_nll).masked_fill_(~keep, 0.0)
+        grad.scatter_add_(-1, target_index, at_target.unsqueeze(-1))
+        return grad, None, None, None
 
 
 def _float32_at_least(tensor):
@@ -186,6 +241,37 @@ def symmetric_kl_of_halves(lprobs: torch.Tensor, keep: Optional[torch.Tensor] = 
     both = _float32_at_least(lprobs).reshape(2, -1, lprobs.shape[-1])
     kl = _SymmetricKLOfHalves.apply(both, _keep_rows(keep, both.shape[1], both.device))
     return kl.view(lprobs.shape[0] // 2, *lprobs.shape[1:-1])
+
+
+class RDropTerms(NamedTuple):
+    loss: torch.Tensor  # (2, B, ...) label-smoothed NLL of each pass and token
+    nll_loss: torch.Tensor  # (2, B, ...) NLL of each pass and token
+    kl: torch.Tensor  # (B, ...) 1/2 (KL12 + KL21) per token
+
+
+def label_smoothed_nll_and_symmetric_kl(
+    lprobs: torch.Tensor, target: torch.Tensor, epsilon: float, ignore_index: int
+) -> RDropTerms:
+    """The R-Drop criterion's terms for a batch run as [x; x], in one sweep.
+
+    ``lprobs`` is ``(2B, ..., V)`` (pass 1 in rows ``:B``, pass 2 in ``B:``),
+    ``target`` ``(B, ...)``. The loss is fairseq's ``label_smoothed_nll_loss``
+    per token, ``(1 - eps - eps_i) * nll + eps_i * sum_v(-log p_v)`` with
+    ``eps_i = eps / (V - 1)``; the KL is :func:`symmetric_kl_of_halves`.
+    Tokens whose target is ``ignore_index`` give 0 everywhere and receive no
+    gradient.
+    """
+    batch_shape = target.shape
+    if lprobs.shape[:-1] != (2 * batch_shape[0], *batch_shape[1:]):
+        raise ValueError(
+            f"label_smoothed_nll_and_symmetric_kl needs log-probabilities of shape "
+            f"(2 x {batch_shape[0]}, {', '.join(map(str, batch_shape[1:]))}, V) for targets of shape "
+            f"{tuple(batch_shape)}, got {tuple(lprobs.shape)}"
+        )
+    both = _float32_at_least(lprobs).reshape(2, -1, lprobs.shape[-1])
+    flat_target = target.reshape(-1)
+    loss, nll, kl = _LabelSmoothedNLLAndSymmetricKL.apply(both, flat_target, flat_target.ne(ignore_index), epsilon)
+    return RDropTerms(loss.view(2, *batch_shape), nll.view(2, *batch_shape), kl.view(batch_shape))
 
 
 class _TailClusterKL(torch.autograd.Function):

@@ -3,9 +3,15 @@
 import pytest
 import torch
 
-from rdrop_fairseq.loss import rdrop_loss, rows_per_chunk, symmetric_kl, symmetric_kl_of_halves
+from rdrop_fairseq.loss import (
+    label_smoothed_nll_and_symmetric_kl,
+    rdrop_loss,
+    rows_per_chunk,
+    symmetric_kl,
+    symmetric_kl_of_halves,
+)
 
-from .references import reference_label_smoothed_ce, reference_symmetric_kl
+from .references import reference_fairseq_label_smoothed_ce, reference_label_smoothed_ce, reference_symmetric_kl
 
 
 def _logits(*shape, scale=3.0, seed=0, dtype=torch.float32):
@@ -198,6 +204,66 @@ def test_symmetric_kl_of_halves_gives_zero_value_and_gradient_at_non_finite_padd
 def test_symmetric_kl_of_halves_rejects_an_odd_number_of_rows():
     with pytest.raises(ValueError, match="even size; got 5"):
         symmetric_kl_of_halves(torch.zeros(5, 3, 7))
+
+
+def _padded_targets(batch, length, vocab, keep, pad=1, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(2, vocab, (batch, length), generator=gen).masked_fill(~keep, pad)
+
+
+def test_fused_terms_equal_fairseq_label_smoothing_and_the_kl_in_float64_per_pass_and_token():
+    batch, length, vocab, pad = 3, rows_per_chunk(torch.empty(0, 17)) // 2 + 5, 17, 1
+    logits = _logits(2 * batch, length, vocab, seed=32)
+    keep = _keep_mask(batch, length, seed=9)
+    target = _padded_targets(batch, length, vocab, keep, pad)
+    terms = label_smoothed_nll_and_symmetric_kl(logits.log_softmax(-1), target, 0.1, pad)
+    assert terms.loss.shape == terms.nll_loss.shape == (2, batch, length) and terms.kl.shape == (batch, length)
+    for half, rows in enumerate((slice(None, batch), slice(batch, None))):
+        lprobs = torch.log_softmax(logits[rows].double(), -1)
+        for b, t in keep.nonzero().tolist()[:40]:
+            one = torch.zeros_like(keep)
+            one[b, t] = True
+            loss, nll = reference_fairseq_label_smoothed_ce(lprobs, target, 0.1, one)
+            torch.testing.assert_close(terms.loss[half, b, t].double(), loss, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(terms.nll_loss[half, b, t].double(), nll, rtol=1e-5, atol=1e-5)
+    assert terms.loss[:, ~keep].eq(0).all() and terms.nll_loss[:, ~keep].eq(0).all()
+    ref_kl = reference_symmetric_kl(logits[:batch], logits[batch:], keep)
+    torch.testing.assert_close(terms.kl.double(), ref_kl, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_terms_gradient_equals_float64_reference_gradient():
+    batch, length, vocab, pad = 3, 5, 40, 1
+    logits = _logits(2 * batch, length, vocab, seed=33).requires_grad_()
+    keep = _keep_mask(batch, length, seed=10)
+    target = _padded_targets(batch, length, vocab, keep, pad, seed=1)
+    terms = label_smoothed_nll_and_symmetric_kl(logits.log_softmax(-1), target, 0.1, pad)
+    (terms.loss.sum() + 0.3 * terms.nll_loss.sum() + 5.0 * terms.kl.sum()).backward()
+    ref_logits = logits.detach().double().requires_grad_()
+    ref = 5.0 * reference_symmetric_kl(ref_logits[:batch], ref_logits[batch:], keep).sum()
+    for rows in (slice(None, batch), slice(batch, None)):
+        loss, nll = reference_fairseq_label_smoothed_ce(torch.log_softmax(ref_logits[rows], -1), target, 0.1, keep)
+        ref = ref + loss + 0.3 * nll
+    ref.backward()
+    torch.testing.assert_close(logits.grad.double(), ref_logits.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_terms_give_zero_value_and_gradient_at_non_finite_padding():
+    keep = _keep_mask(2, 6, seed=11)
+    target = _padded_targets(2, 6, 30, keep, pad=1, seed=2)
+    lprobs = _logits(4, 6, 30, seed=34).log_softmax(-1)
+    lprobs[:2][~keep], lprobs[2:][~keep] = float("nan"), float("-inf")
+    lprobs.requires_grad_()
+    terms = label_smoothed_nll_and_symmetric_kl(lprobs, target, 0.1, 1)
+    (terms.loss.sum() + terms.kl.sum()).backward()
+    for value in terms:
+        assert torch.isfinite(value).all()
+    assert torch.isfinite(lprobs.grad).all()
+    assert lprobs.grad[:2][~keep].eq(0).all() and lprobs.grad[2:][~keep].eq(0).all()
+
+
+def test_fused_terms_reject_log_probabilities_that_are_not_twice_the_targets():
+    with pytest.raises(ValueError, match=r"\(2 x 3, 4, V\).*\(3, 4\), got \(5, 4, 7\)"):
+        label_smoothed_nll_and_symmetric_kl(torch.zeros(5, 4, 7), torch.zeros(3, 4, dtype=torch.long), 0.1, 1)
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])

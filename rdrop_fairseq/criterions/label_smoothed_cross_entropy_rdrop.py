@@ -26,11 +26,10 @@ from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
     LabelSmoothedCrossEntropyCriterionConfig,
-    label_smoothed_nll_loss,
 )
 
 from rdrop_fairseq.criterions.rdrop_common import RDropCriterionMixin, rdrop_alpha_warmup_field
-from rdrop_fairseq.loss import symmetric_kl_of_halves
+from rdrop_fairseq.loss import label_smoothed_nll_and_symmetric_kl
 
 
 @dataclass
@@ -85,17 +84,12 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
         if self.ignore_prefix_size > 0:
             lprobs = lprobs[:, self.ignore_prefix_size :]
             target = target[:, self.ignore_prefix_size :]
-        both_targets = target.repeat(2, *([1] * (target.dim() - 1)))
-
-        loss, nll_loss = label_smoothed_nll_loss(
-            lprobs, both_targets, self.eps, ignore_index=self.padding_idx, reduce=reduce
-        )
-        kl_loss = symmetric_kl_of_halves(lprobs, keep=target.ne(self.padding_idx))
+        terms = label_smoothed_nll_and_symmetric_kl(lprobs, target, self.eps, self.padding_idx)
         if reduce:
-            kl_loss = kl_loss.sum()
+            loss, nll_loss, kl_loss = terms.loss.sum(), terms.nll_loss.sum(), terms.kl.sum()
         else:
-            loss, nll_loss = loss.view(2, -1).sum(0), nll_loss.view(2, -1).sum(0)
-            kl_loss = kl_loss.view(-1)
+            # per token of the original batch, the two passes added
+            loss, nll_loss, kl_loss = terms.loss.sum(0).view(-1), terms.nll_loss.sum(0).view(-1), terms.kl.view(-1)
         alpha = self.alpha_now()
         objective = loss + alpha * kl_loss
 
@@ -111,6 +105,7 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
         }
         self.log_alpha(logging_output, alpha)
         if self.report_accuracy:
+            both_targets = target.repeat(2, *([1] * (target.dim() - 1)))
             keep = both_targets.ne(self.padding_idx)
             n_correct = lprobs.argmax(-1).eq(both_targets).logical_and(keep).sum()
             logging_output["n_correct"] = utils.item(n_correct.data)
