@@ -1,0 +1,183 @@
+"""Offline checks of the WikiText-103 recipes in examples/language_model/.
+
+WikiText-103 cannot be downloaded here, so the preparation runs on a zip laid
+out like wikitext-103-v1.zip holding a slice of the shipped WikiText-2 (the same
+format); the training commands are checked through a stand-in fairseq-train
+that prints its arguments, and end to end (slow) on tiny models.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from .cli import REPO, WIKITEXT2, head_lines
+
+EXAMPLES = REPO / "examples" / "language_model"
+SCRIPTS = ["prepare_wikitext103.sh", "train_wikitext103.sh", "evaluate_wikitext103.sh", "run_demo.sh"]
+MISSING = "/nonexistent/rdrop-data"
+ECHO_TRAIN = f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n"
+TINY_LM = ["--decoder-layers", "1", "--decoder-embed-dim", "32", "--decoder-input-dim", "32",
+           "--decoder-output-dim", "32", "--decoder-ffn-embed-dim", "64", "--decoder-attention-heads", "2",
+           "--tokens-per-sample", "64", "--max-tokens", "512", "--update-freq", "1", "--num-workers", "0"]
+
+
+def _env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
+
+
+def _bash(script, *args, **env):
+    return subprocess.run(["bash", str(EXAMPLES / script), *map(str, args)], capture_output=True, text=True,
+                          env=_env(**env))
+
+
+def _flag(args, name):
+    return args[args.index(name) + 1]
+
+
+def _wikitext_zip(folder, train_lines=400, eval_lines=100):
+    """A zip laid out as wikitext-103-v1.zip, with the first lines of WikiText-2."""
+    archive = folder / "wikitext-103-v1.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for split, lines in (("train", train_lines), ("valid", eval_lines), ("test", eval_lines)):
+            name = "wiki.train.tokens.gz" if split == "train" else f"wiki.{split}.tokens"
+            text = "\n".join(head_lines(WIKITEXT2 / name, lines)) + "\n"
+            z.writestr(f"wikitext-103/wiki.{split}.tokens", text)
+    return archive
+
+
+@pytest.fixture(scope="module")
+def wikitext_bin(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wikitext103")
+    r = _bash("prepare_wikitext103.sh", "--zip", _wikitext_zip(root), ORIG=root / "orig", DATA=root / "bin",
+              WORKERS="1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "bin", r
+
+
+def _empty_data_bin(folder):
+    folder.mkdir()
+    for name in ("dict.txt", "train.bin", "valid.bin"):
+        (folder / name).write_text("")
+    return folder
+
+
+def _train_command_line(tmp_path, model, **env):
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "fairseq-train").write_text(ECHO_TRAIN)
+    (fake / "fairseq-train").chmod(0o755)
+    e = dict(DATA=str(_empty_data_bin(tmp_path / "data")), SAVE_DIR=str(tmp_path / "ckpt"), **env)
+    e["PATH"] = f"{fake}{os.pathsep}{_env()['PATH']}"
+    r = subprocess.run(["bash", str(EXAMPLES / "train_wikitext103.sh"), model, "--log-interval", "7"],
+                       capture_output=True, text=True, env=_env(**e))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.splitlines()[0])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_shell_scripts_parse_and_fail_fast(script):
+    path = EXAMPLES / script
+    r = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = path.read_text()
+    assert "set -euo pipefail" in text and text.splitlines()[1].startswith("# ")
+
+
+FAIL_FAST = [
+    ("prepare_wikitext103.sh", ["--zip", MISSING + "/w.zip"], {}, "--zip file not found: " + MISSING),
+    ("prepare_wikitext103.sh", ["--tgz"], {}, "usage: prepare_wikitext103.sh"),
+    ("train_wikitext103.sh", [], {}, "usage: train_wikitext103.sh"),
+    ("train_wikitext103.sh", ["transformer"], {"DATA": MISSING}, MISSING + "/dict.txt"),
+    ("evaluate_wikitext103.sh", [], {}, "usage: evaluate_wikitext103.sh"),
+    ("evaluate_wikitext103.sh", [MISSING + "/checkpoint_best.pt"], {}, "checkpoint not found"),
+]
+
+
+@pytest.mark.parametrize("script,args,env,message", FAIL_FAST,
+                         ids=[f"{s}-{i}" for i, (s, *_rest) in enumerate(FAIL_FAST)])
+def test_scripts_name_the_problem_before_looking_for_tools(script, args, env, message):
+    start = time.monotonic()
+    r = subprocess.run(["bash", str(EXAMPLES / script), *args], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), **env})
+    assert r.returncode != 0
+    assert message in r.stderr and ("error" in r.stderr or "usage" in r.stderr), r.stderr
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU fallback")
+def test_transformer_recipe_has_the_papers_settings_and_batch(tmp_path):
+    args = _train_command_line(tmp_path, "transformer")
+    assert args[1:3] == ["--user-dir", str(REPO / "rdrop_fairseq")]
+    for flag, value in [("--task", "language_modeling"), ("--arch", "transformer_lm_gpt"), ("--dropout", "0.1"),
+                        ("--criterion", "label_smoothed_cross_entropy_rdrop"), ("--label-smoothing", "0"),
+                        ("--rdrop-alpha", "1.0"), ("--optimizer", "adam"), ("--adam-betas", "(0.9,0.98)"),
+                        ("--weight-decay", "0.01"), ("--clip-norm", "0.0"), ("--lr", "5e-4"),
+                        ("--lr-scheduler", "inverse_sqrt"), ("--warmup-updates", "4000"),
+                        ("--warmup-init-lr", "1e-07"), ("--tokens-per-sample", "512"),
+                        ("--sample-break-mode", "none"), ("--max-update", "50000"), ("--seed", "1")]:
+        assert _flag(args, flag) == value, flag
+    # one GPU: 128 batches of 2048 tokens per update, the official 8 x 16 x 2000 rounded to whole samples
+    assert (_flag(args, "--max-tokens"), _flag(args, "--update-freq")) == ("2048", "128")
+    assert "--share-decoder-input-output-embed" in args and "--cpu" in args and "--fp16" not in args
+    assert args[-2:] == ["--log-interval", "7"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU fallback")
+def test_adaptive_input_recipe_has_fairseqs_schedule_and_the_adaptive_criterion(tmp_path):
+    args = _train_command_line(tmp_path, "adaptive", RDROP_ALPHA="0")
+    for flag, value in [("--arch", "transformer_lm_wiki103"), ("--criterion", "adaptive_loss_rdrop"),
+                        ("--rdrop-alpha", "0"), ("--optimizer", "nag"), ("--lr-scheduler", "cosine"),
+                        ("--lr", "1.0"), ("--t-mult", "2"), ("--lr-period-updates", "270000"),
+                        ("--lr-shrink", "0.75"), ("--warmup-updates", "16000"), ("--min-lr", "1e-4"),
+                        ("--stop-min-lr", "1e-09"), ("--clip-norm", "0.1"), ("--tokens-per-sample", "3072"),
+                        ("--max-tokens", "3072"), ("--update-freq", "24"), ("--max-update", "286000"),
+                        ("--ddp-backend", "legacy_ddp")]:
+        assert _flag(args, flag) == value, flag
+
+
+@pytest.mark.parametrize("model,gpus", [("transformer", "3"), ("adaptive", "5")])
+def test_gpu_counts_that_do_not_divide_the_papers_batch_are_refused(tmp_path, model, gpus):
+    data = _empty_data_bin(tmp_path / "data")
+    r = subprocess.run(["bash", str(EXAMPLES / "train_wikitext103.sh"), model], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "NUM_GPUS": gpus, "DATA": str(data)})
+    assert r.returncode != 0
+    assert f"NUM_GPUS={gpus} does not divide the {model} recipe's" in r.stderr, r.stderr
+
+
+def test_prepare_binarizes_the_zip_with_one_dictionary(wikitext_bin):
+    data, r = wikitext_bin
+    assert "binarized data in" in r.stdout
+    for split in ("train", "valid", "test"):
+        assert (data / f"{split}.bin").stat().st_size > 0 and (data / f"{split}.idx").exists()
+    words = {line.split()[0] for line in (data / "dict.txt").read_text(encoding="utf-8").splitlines()}
+    assert {"the", "@-@", "="} <= words  # WikiText tokens, words not pieces
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,extra", [
+    ("transformer", []),
+    ("adaptive", ["--adaptive-input-cutoff", "500,1500", "--adaptive-softmax-cutoff", "500,1500"]),
+])
+def test_recipe_trains_a_tiny_model_with_r_drop_and_evaluates_it(wikitext_bin, tmp_path, model, extra):
+    data, _ = wikitext_bin
+    r = _bash("train_wikitext103.sh", model, *TINY_LM, *extra, DATA=data, SAVE_DIR=tmp_path, MAX_UPDATE="2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = [line for line in r.stdout.splitlines() if "| train |" in line][-1]
+    assert "num_updates 2" in summary and "kl_loss" in summary
+    r = _bash("evaluate_wikitext103.sh", tmp_path / "checkpoint_best.pt", DATA=data, TOKENS_PER_SAMPLE="64",
+              CONTEXT_WINDOW="32")
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = re.findall(r"^(\w+): Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)$", r.stdout, re.M)
+    assert [subset for subset, _, _ in results] == ["valid", "test"], r.stdout
+    for _, loss, ppl in results:
+        assert float(ppl) == pytest.approx(2 ** float(loss), rel=1e-3)
