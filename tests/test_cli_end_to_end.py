@@ -7,51 +7,9 @@ import subprocess
 import sys
 
 import pytest
-import sentencepiece as spm
 from sacrebleu.metrics import BLEU
 
-from .cli import MULTI30K, REPO, USER_DIR, WIKITEXT2, head_lines, run_tool, tool, train_records, write_lines
-
-TINY_TRANSFORMER = [
-    "--arch", "transformer", "--share-all-embeddings",
-    "--encoder-layers", 1, "--decoder-layers", 1,
-    "--encoder-embed-dim", 64, "--decoder-embed-dim", 64,
-    "--encoder-ffn-embed-dim", 128, "--decoder-ffn-embed-dim", 128,
-    "--encoder-attention-heads", 2, "--decoder-attention-heads", 2,
-    "--dropout", 0.2,
-]
-COMMON_TRAIN = [
-    "--user-dir", USER_DIR, "--cpu", "--seed", 3, "--num-workers", 0,
-    "--optimizer", "adam", "--lr", 3e-3, "--lr-scheduler", "inverse_sqrt", "--warmup-updates", 10,
-    "--log-format", "json", "--log-interval", 5, "--no-epoch-checkpoints",
-]
-RDROP = ["--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", 5]
-
-
-@pytest.fixture(scope="module")
-def multi30k_bin(tmp_path_factory):
-    """Sentencepiece + fairseq-preprocess of a real Multi30k slice (en->de)."""
-    root = tmp_path_factory.mktemp("multi30k")
-    sizes = {"train": ("train", 1500), "valid": ("val", 60), "test": ("test_2016_flickr", 60)}
-    for split, (stem, count) in sizes.items():
-        for lang in ("en", "de"):
-            write_lines(root / f"{split}.raw.{lang}", head_lines(MULTI30K / f"{stem}.{lang}.gz", count))
-    spm.SentencePieceTrainer.train(
-        input=[str(root / "train.raw.en"), str(root / "train.raw.de")],
-        model_prefix=str(root / "spm"), vocab_size=600, character_coverage=1.0, minloglevel=2,
-    )
-    sp = spm.SentencePieceProcessor(model_file=str(root / "spm.model"))
-    for split in sizes:
-        for lang in ("en", "de"):
-            lines = (root / f"{split}.raw.{lang}").read_text(encoding="utf-8").splitlines()
-            write_lines(root / f"{split}.{lang}", [" ".join(p) for p in sp.encode(lines, out_type=str)])
-    run_tool(
-        "fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
-        "--trainpref", root / "train", "--validpref", root / "valid", "--testpref", root / "test",
-        "--destdir", root / "bin", "--workers", 1,
-    )
-    return root
-
+from .cli import COMMON_TRAIN, RDROP, REPO, TINY_TRANSFORMER, USER_DIR, WIKITEXT2, head_lines, run_tool, tool, train_records, write_lines
 
 @pytest.fixture(scope="module")
 def translation_run(multi30k_bin):

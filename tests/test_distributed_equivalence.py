@@ -31,8 +31,7 @@ from collections import defaultdict
 
 import pytest
 
-from .cli import REPO, tool, train_records
-from .test_cli_end_to_end import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, multi30k_bin  # noqa: F401
+from .cli import COMMON_TRAIN, RDROP, REPO, TINY_TRANSFORMER, tool, train_records
 
 UPDATES = 10
 TOLERANCE_BITS = 0.05
@@ -84,7 +83,7 @@ def finish(procs):
 
 
 @pytest.fixture(scope="module")
-def runs(multi30k_bin):  # noqa: F811
+def runs(multi30k_bin):
     two_ranks, one_rank = multi30k_bin / "two-ranks", multi30k_bin / "one-rank"
     user_dir = multi30k_bin / "rdrop_recording"
     user_dir.mkdir()

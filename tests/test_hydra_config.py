@@ -8,13 +8,12 @@ from omegaconf import OmegaConf
 import rdrop_fairseq  # noqa: F401  (allow-lists fairseq's checkpoint types for torch.load)
 
 from .cli import REPO, USER_DIR, run_tool, train_records
-from .test_cli_end_to_end import multi30k_bin  # noqa: F401
 
 CONFIG_DIR = REPO / "examples" / "translation" / "config"
 
 
 @pytest.fixture(scope="module")
-def hydra_run(multi30k_bin):  # noqa: F811
+def hydra_run(multi30k_bin):
     save = multi30k_bin / "hydra"
     save.mkdir()
     # Only paths, the length of the run and the warm-up are overridden.

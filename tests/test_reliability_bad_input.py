@@ -11,8 +11,7 @@ fairseq-train in tests/test_cli_end_to_end.py.
 import pytest
 import torch
 
-from .cli import run_tool
-from .test_cli_end_to_end import COMMON_TRAIN, TINY_TRANSFORMER, multi30k_bin  # noqa: F401
+from .cli import COMMON_TRAIN, TINY_TRANSFORMER, run_tool
 from .tiny_fairseq import make_criterion, make_model, make_sample, make_task
 
 

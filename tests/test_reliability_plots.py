@@ -9,14 +9,13 @@ import pytest
 
 from scripts.fairseq_logs import runs_of_results
 
-from .cli import REPO, run_tool
-from .test_cli_end_to_end import COMMON_TRAIN, TINY_TRANSFORMER, multi30k_bin  # noqa: F401
+from .cli import COMMON_TRAIN, REPO, TINY_TRANSFORMER, run_tool
 
 PLOTTER = REPO / "scripts" / "fairseq_logs.py"
 
 
 @pytest.fixture(scope="module")
-def results_file(multi30k_bin):  # noqa: F811
+def results_file(multi30k_bin):
     """Baseline and R-Drop, 4 updates each, listed as the demos list them."""
     results = {"runs": {}}
     for name, alpha in (("baseline", 0), ("rdrop", 5)):

@@ -7,8 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from .cli import run_tool
-from .test_cli_end_to_end import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, multi30k_bin  # noqa: F401
+from .cli import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, run_tool
 
 event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
 
@@ -32,7 +31,7 @@ def read_scalars(event_dir):
 
 
 @pytest.fixture(scope="module")
-def tensorboard_dir(multi30k_bin):  # noqa: F811
+def tensorboard_dir(multi30k_bin):
     save = multi30k_bin / "tensorboard-run"
     run_tool(
         "fairseq-train", multi30k_bin / "bin", "--task", "translation", *TINY_TRANSFORMER, *COMMON_TRAIN, *RDROP,

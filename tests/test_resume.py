@@ -15,8 +15,7 @@ import torch
 
 import rdrop_fairseq  # noqa: F401  (allow-lists fairseq's checkpoint types for torch.load)
 
-from .cli import run_tool, train_records
-from .test_cli_end_to_end import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, multi30k_bin  # noqa: F401
+from .cli import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, run_tool, train_records
 
 K = 4
 WARMUP = 6
@@ -35,7 +34,7 @@ def train(data, save_dir, max_update, log_name):
 
 
 @pytest.fixture(scope="module")
-def runs(multi30k_bin):  # noqa: F811
+def runs(multi30k_bin):
     uninterrupted = multi30k_bin / "uninterrupted"
     resumed = multi30k_bin / "resumed"
     whole = train(multi30k_bin, uninterrupted, 2 * K, "train.log")

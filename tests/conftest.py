@@ -1,0 +1,31 @@
+"""Fixtures shared by the test modules."""
+
+import pytest
+import sentencepiece as spm
+
+from .cli import MULTI30K, head_lines, run_tool, write_lines
+
+
+@pytest.fixture(scope="session")
+def multi30k_bin(tmp_path_factory):
+    """Sentencepiece + fairseq-preprocess of a real Multi30k slice (en->de)."""
+    root = tmp_path_factory.mktemp("multi30k")
+    sizes = {"train": ("train", 1500), "valid": ("val", 60), "test": ("test_2016_flickr", 60)}
+    for split, (stem, count) in sizes.items():
+        for lang in ("en", "de"):
+            write_lines(root / f"{split}.raw.{lang}", head_lines(MULTI30K / f"{stem}.{lang}.gz", count))
+    spm.SentencePieceTrainer.train(
+        input=[str(root / "train.raw.en"), str(root / "train.raw.de")],
+        model_prefix=str(root / "spm"), vocab_size=600, character_coverage=1.0, minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(root / "spm.model"))
+    for split in sizes:
+        for lang in ("en", "de"):
+            lines = (root / f"{split}.raw.{lang}").read_text(encoding="utf-8").splitlines()
+            write_lines(root / f"{split}.{lang}", [" ".join(p) for p in sp.encode(lines, out_type=str)])
+    run_tool(
+        "fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
+        "--trainpref", root / "train", "--validpref", root / "valid", "--testpref", root / "test",
+        "--destdir", root / "bin", "--workers", 1,
+    )
+    return root
