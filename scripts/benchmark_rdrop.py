@@ -1,0 +1,442 @@
+"""What R-Drop costs here: the KL term against the official formula, and a
+full training step against the baseline and upstream fairseq's R-Drop.
+
+    python scripts/benchmark_rdrop.py                  # CPU: tables on stdout, JSON in --out
+    python scripts/benchmark_rdrop.py --device cuda    # the same on a GPU
+    python scripts/benchmark_rdrop.py --quick          # small sizes, a smoke test
+
+Part 1, the KL term alone, forward + backward, at N target tokens per pass and
+vocabulary V (the doubled batch has 2N rows, 10 % of them padding):
+
+- ``official``: the formula of the official R-Drop code, which upstream
+  fairseq's ``label_smoothed_cross_entropy_with_rdrop`` repeats: log_softmax
+  and softmax of the (2N, V) logits, ``kl_div`` both ways, ``masked_fill``,
+  sum, halve. Its input is the logits.
+- ``ours``: ``symmetric_kl_of_halves`` on the (2N, V) log-probabilities, as
+  the criterion calls it: the cross-entropy has computed them already, so
+  this is what the KL adds to a training step.
+- ``ours+lsm``: the same from the logits, charging a log-softmax to the KL.
+
+Each case runs in a fresh process. Memory is the peak above the inputs: on
+CUDA ``max_memory_allocated``; on CPU the kernel's peak-RSS mark (VmHWM),
+reset once the inputs exist, with glibc told to return every block above
+64 KiB to the system when it is freed (``MALLOC_MMAP_THRESHOLD_``), so that
+RSS follows the tensors alive. The gradient of the input is part of both.
+
+Part 2, one training step (forward, criterion, backward, Adam) on real
+Multi30k batches (sentencepiece 8000, up to --max-tokens per batch) with a
+transformer of the IWSLT14 class, shrunk for a CPU (3+3 layers, width 256,
+FFN 1024, 4 heads, dropout 0.3), identical weights in every arm:
+``baseline`` (fairseq's label_smoothed_cross_entropy), ``ours``
+(label_smoothed_cross_entropy_rdrop, alpha 5) and ``upstream``
+(label_smoothed_cross_entropy_with_rdrop, alpha 5). The arms take turns on
+every batch, in rotating order, so machine noise hits them alike; ratios are
+medians of per-batch ratios. Peak RSS comes from one fresh process per arm
+running the same batches (same VmHWM method); on CUDA, max_memory_allocated.
+"""
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rdrop_fairseq.loss import symmetric_kl_of_halves  # noqa: E402
+from scripts.demo_support import USER_DIR  # noqa: E402
+
+KL_SIZES = [(2048, 8000), (2048, 32000), (8192, 8000), (8192, 32000)]
+KL_IMPLS = ("official", "ours", "ours+lsm")
+STEP_ARMS = {
+    "baseline": ["--criterion", "label_smoothed_cross_entropy"],
+    # the floor R-Drop cannot go below: the baseline on [x; x], i.e. the two
+    # passes without the KL, so ours/two-passes is what our criterion adds
+    "two-passes": ["--criterion", "label_smoothed_cross_entropy"],
+    "ours": ["--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", "5"],
+    "upstream": ["--criterion", "label_smoothed_cross_entropy_with_rdrop", "--rdrop-alpha", "5"],
+}
+MODEL = {"layers": 3, "embed_dim": 256, "ffn_dim": 1024, "heads": 4, "vocab_size": 8000}
+# Every block above this many bytes goes back to the system when freed.
+MMAP_THRESHOLD = 65536
+
+
+# ---------------------------------------------------------------- measurement
+
+
+class Meter:
+    """Wall time and peak memory on one device, the same way for every arm."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def time(self, fn):
+        """Seconds one call of ``fn`` takes (CUDA events on a GPU)."""
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.sync()
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    def start_peak(self):
+        """Forgets earlier peaks; returns the memory in use now, in MiB."""
+        self.sync()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        return _proc_status_mib("VmRSS")
+
+    def peak(self):
+        """Peak memory since ``start_peak``, in MiB."""
+        self.sync()
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return _proc_status_mib("VmHWM")
+
+
+def _proc_status_mib(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1)) / 1024
+
+
+def run_child(spec, threads):
+    """Runs one measurement in a fresh process (clean peak memory) and returns its JSON."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec), "--threads", str(threads)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark case {spec} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------ part 1: the KL
+
+
+def official_kl(logits, pad_mask):
+    """The official R-Drop code's KL (and upstream fairseq's), from the doubled logits."""
+    lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+    probs = F.softmax(logits, dim=-1, dtype=torch.float32)
+    p, q = torch.split(lprobs, lprobs.size(0) // 2, dim=0)
+    p_tec, q_tec = torch.split(probs, probs.size(0) // 2, dim=0)
+    p_loss = F.kl_div(p, q_tec, reduction="none")
+    q_loss = F.kl_div(q, p_tec, reduction="none")
+    p_loss.masked_fill_(pad_mask, 0.0)
+    q_loss.masked_fill_(pad_mask, 0.0)
+    return (p_loss.sum() + q_loss.sum()) / 2
+
+
+def kl_functions(keep):
+    pad_mask = ~keep.unsqueeze(-1)
+    return {
+        "official": lambda logits: official_kl(logits, pad_mask),
+        "ours": lambda lprobs: symmetric_kl_of_halves(lprobs, keep).sum(),
+        "ours+lsm": lambda logits: symmetric_kl_of_halves(F.log_softmax(logits, -1, dtype=torch.float32), keep).sum(),
+    }
+
+
+def kl_case(impl, tokens, vocab, device, reps):
+    meter = Meter(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    keep = torch.rand(tokens, generator=gen, device=device) > 0.1
+    inputs = torch.randn(2 * tokens, vocab, generator=gen, device=device).mul_(3.0)
+    if impl == "ours":
+        inputs = inputs.log_softmax(-1)
+    inputs.requires_grad_()
+
+    def step(x, keep):
+        x.grad = None
+        kl_functions(keep)[impl](x).backward()
+
+    # loads kernels and allocator pools before the peak is taken
+    step(inputs.detach()[:64].clone().requires_grad_(), keep[:32])
+    in_use = meter.start_peak()
+    step(inputs, keep)
+    extra = meter.peak() - in_use
+    times = [meter.time(lambda: step(inputs, keep)) for _ in range(reps)]
+    return {"peak_extra_mib": round(extra, 1), "times": times}
+
+
+def benchmark_kl(args):
+    sizes = [(256, 1000), (512, 4000)] if args.quick else KL_SIZES
+    rows = []
+    for tokens, vocab in sizes:
+        for impl in KL_IMPLS:
+            result = run_child({"part": "kl", "impl": impl, "tokens": tokens, "vocab": vocab,
+                                "device": args.device, "reps": args.kl_reps}, args.threads)
+            rows.append({"tokens": tokens, "vocab": vocab, "impl": impl,
+                         "median_s": statistics.median(result["times"]), **result})
+            log(f"KL N={tokens} V={vocab} {impl}: {rows[-1]['median_s']:.3f} s, "
+                f"+{result['peak_extra_mib']:.0f} MiB")
+    return rows
+
+
+# -------------------------------------------------------- part 2: the step
+
+
+def prepare_multi30k(work, vocab_size):
+    """The translation demo's sentencepiece + binarization of the whole Multi30k."""
+    spec = importlib.util.spec_from_file_location("demo_multi30k", REPO / "examples/translation/demo_multi30k.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo.prepare_data(work / f"data-{vocab_size}", vocab_size, None, None)
+
+
+def build_arm(bin_dir, arm, model_size, device):
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    m = model_size
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [
+        str(bin_dir), "--user-dir", str(USER_DIR), "--task", "translation", "--source-lang", "en",
+        "--target-lang", "de", "--arch", "transformer_iwslt_de_en", "--share-all-embeddings",
+        "--encoder-layers", str(m["layers"]), "--decoder-layers", str(m["layers"]),
+        "--encoder-embed-dim", str(m["embed_dim"]), "--decoder-embed-dim", str(m["embed_dim"]),
+        "--encoder-ffn-embed-dim", str(m["ffn_dim"]), "--decoder-ffn-embed-dim", str(m["ffn_dim"]),
+        "--encoder-attention-heads", str(m["heads"]), "--decoder-attention-heads", str(m["heads"]),
+        "--dropout", "0.3", "--label-smoothing", "0.1", "--seed", "1", *STEP_ARMS[arm],
+    ])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("train")
+    torch.manual_seed(1)
+    model = task.build_model(cfg.model).to(device)
+    model.train()
+    return task, model, task.build_criterion(cfg.criterion)
+
+
+def real_batches(task, max_tokens, count, device):
+    from fairseq import utils
+
+    itr = task.get_batch_iterator(
+        dataset=task.dataset("train"), max_tokens=max_tokens, max_positions=(1024, 1024),
+        seed=1, required_batch_size_multiple=8,
+    ).next_epoch_itr(shuffle=True)
+    return [utils.move_to_cuda(next(itr), device) if device.startswith("cuda") else next(itr) for _ in range(count)]
+
+
+class StepArm:
+    def __init__(self, name, model, criterion):
+        self.model, self.criterion = model, criterion
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+        self.doubles_batch = name == "two-passes"
+
+    def step(self, sample):
+        if self.doubles_batch:
+            sample = doubled(sample)
+        # upstream's criterion rewrites sample["net_input"] in place: every arm
+        # gets a fresh top-level dict, so all see the same batch.
+        sample = {**sample, "net_input": dict(sample["net_input"])}
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, _, _ = self.criterion(self.model, sample)
+        loss.backward()
+        self.optimizer.step()
+
+
+def doubled(sample):
+    """The batch concatenated with itself, as one plain training batch."""
+    from rdrop_fairseq.criterions.rdrop_common import concat_batch_with_itself
+
+    batch_size = sample["target"].size(0)
+    return {
+        **sample,
+        "net_input": concat_batch_with_itself(sample["net_input"], batch_size),
+        "target": torch.cat([sample["target"], sample["target"]]),
+        "ntokens": 2 * sample["ntokens"],
+        "nsentences": 2 * sample["nsentences"],
+    }
+
+
+def step_memory_case(arm, bin_dir, model_size, max_tokens, batches, device):
+    meter = Meter(device)
+    task, model, criterion = build_arm(Path(bin_dir), arm, model_size, device)
+    samples = real_batches(task, max_tokens, batches, device)
+    runner = StepArm(arm, model, criterion)
+    runner.step(samples[0])  # optimizer state exists before the peak is taken
+    in_use = meter.start_peak()
+    for sample in samples:
+        runner.step(sample)
+    peak = meter.peak()
+    return {"peak_mib": round(peak, 1), "before_steps_mib": round(in_use, 1), "peak_extra_mib": round(peak - in_use, 1)}
+
+
+def benchmark_step(args):
+    bin_dir = prepare_multi30k(args.workdir, MODEL["vocab_size"])
+    model_size = dict(MODEL, layers=1, embed_dim=64, ffn_dim=128) if args.quick else MODEL
+    device = args.device
+    arms = {}
+    for name in STEP_ARMS:
+        task, model, criterion = build_arm(bin_dir, name, model_size, device)
+        arms[name] = (task, model, criterion)
+    # identical weights in every arm
+    state = copy.deepcopy(arms["baseline"][1].state_dict())
+    runners = {}
+    for name, (task, model, criterion) in arms.items():
+        model.load_state_dict(state)
+        runners[name] = StepArm(name, model, criterion)
+    samples = real_batches(arms["baseline"][0], args.max_tokens, args.batches, device)
+    meter = Meter(device)
+    names = list(runners)
+    times = {name: [] for name in names}
+    for rep in range(args.step_reps + 1):  # the first round warms up and is dropped
+        for index, sample in enumerate(samples):
+            shift = (rep * len(samples) + index) % len(names)
+            for name in names[shift:] + names[:shift]:
+                seconds = meter.time(lambda: runners[name].step(sample))
+                if rep:
+                    times[name].append(seconds)
+        log(f"step round {rep + 1}/{args.step_reps + 1} done")
+    tokens = [s["ntokens"] for s in samples] * args.step_reps
+    memory = {
+        name: run_child({"part": "step-memory", "arm": name, "bin_dir": str(bin_dir), "model": model_size,
+                         "max_tokens": args.max_tokens, "batches": args.batches, "device": device}, args.threads)
+        for name in names
+    }
+    result = {"model": model_size, "max_tokens": args.max_tokens, "batches": args.batches,
+              "reps": args.step_reps, "ntokens_per_batch": [s["ntokens"] for s in samples], "arms": {}}
+    for name in names:
+        result["arms"][name] = {
+            "median_step_s": statistics.median(times[name]),
+            "target_tokens_per_s": sum(tokens) / sum(times[name]),
+            "times": times[name],
+            **memory[name],
+        }
+    result["ratios"] = {
+        "ours/baseline step": paired_ratio(times["ours"], times["baseline"]),
+        "two-passes/baseline step": paired_ratio(times["two-passes"], times["baseline"]),
+        "ours/two-passes step": paired_ratio(times["ours"], times["two-passes"]),
+        "ours/upstream step": paired_ratio(times["ours"], times["upstream"]),
+        "upstream/baseline step": paired_ratio(times["upstream"], times["baseline"]),
+        "ours/upstream peak RSS": memory["ours"]["peak_mib"] / memory["upstream"]["peak_mib"],
+        "ours/upstream extra peak": memory["ours"]["peak_extra_mib"] / memory["upstream"]["peak_extra_mib"],
+    }
+    return result
+
+
+def paired_ratio(times, reference):
+    return statistics.median(t / r for t, r in zip(times, reference))
+
+
+# ----------------------------------------------------------------- report
+
+
+def kl_ratios(rows):
+    by_case = {}
+    for row in rows:
+        by_case.setdefault((row["tokens"], row["vocab"]), {})[row["impl"]] = row
+    ratios = []
+    for (tokens, vocab), impls in by_case.items():
+        official = impls["official"]
+        for impl in ("ours", "ours+lsm"):
+            ratios.append({
+                "tokens": tokens, "vocab": vocab, "impl": impl,
+                "time_vs_official": paired_ratio(impls[impl]["times"], official["times"]),
+                "extra_memory_vs_official": impls[impl]["peak_extra_mib"] / official["peak_extra_mib"],
+            })
+    return ratios
+
+
+def print_report(results):
+    from scripts.demo_support import print_table
+
+    memory_unit = "MiB (max_memory_allocated)" if results["device"].startswith("cuda") else "MiB (peak RSS)"
+    if "kl" in results:
+        print(f"\nKL term alone, forward+backward ({results['device']}, {results['threads']} thread(s)); "
+              f"extra peak memory in {memory_unit}")
+        print_table(
+            ["N", "V", "impl", "median s", "extra peak MiB"],
+            [[str(r["tokens"]), str(r["vocab"]), r["impl"], f"{r['median_s']:.3f}", f"{r['peak_extra_mib']:.0f}"]
+             for r in results["kl"]],
+        )
+        print()
+        print_table(
+            ["N", "V", "impl", "time / official", "extra memory / official"],
+            [[str(r["tokens"]), str(r["vocab"]), r["impl"], f"{r['time_vs_official']:.3f}",
+              f"{r['extra_memory_vs_official']:.3f}"] for r in results["kl_ratios"]],
+        )
+    if "step" in results:
+        step = results["step"]
+        print(f"\nTraining step on Multi30k, {step['batches']} batches of <= {step['max_tokens']} tokens x "
+              f"{step['reps']} rounds, model {step['model']}")
+        print_table(
+            ["arm", "median step s", "target tokens/s", f"peak {memory_unit}", "peak above start MiB"],
+            [[name, f"{a['median_step_s']:.3f}", f"{a['target_tokens_per_s']:.0f}", f"{a['peak_mib']:.0f}",
+              f"{a['peak_extra_mib']:.0f}"] for name, a in step["arms"].items()],
+        )
+        print()
+        print_table(["ratio", "value"], [[k, f"{v:.3f}"] for k, v in step["ratios"].items()])
+
+
+def log(message):
+    print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (intra-op) for every case")
+    parser.add_argument("--parts", nargs="+", choices=["kl", "step"], default=["kl", "step"])
+    parser.add_argument("--kl-reps", type=int, default=5, help="timed repetitions per KL case")
+    parser.add_argument("--batches", type=int, default=6, help="Multi30k batches per round of the step benchmark")
+    parser.add_argument("--step-reps", type=int, default=3, help="timed rounds over the batches (after one warm-up)")
+    parser.add_argument("--max-tokens", type=int, default=2048, help="tokens per batch in the step benchmark")
+    parser.add_argument("--quick", action="store_true", help="small sizes: checks that everything runs")
+    parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "benchmark")
+    parser.add_argument("--out", type=Path, help="JSON output (default: WORKDIR/benchmark-DEVICE.json)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    if args.child:
+        spec = json.loads(args.child)
+        if spec["part"] == "kl":
+            result = kl_case(spec["impl"], spec["tokens"], spec["vocab"], spec["device"], spec["reps"])
+        else:
+            result = step_memory_case(spec["arm"], spec["bin_dir"], spec["model"], spec["max_tokens"],
+                                      spec["batches"], spec["device"])
+        print(json.dumps(result))
+        return
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
+               "cpu_count": os.cpu_count(), "quick": args.quick}
+    if "kl" in args.parts:
+        results["kl"] = benchmark_kl(args)
+        results["kl_ratios"] = kl_ratios(results["kl"])
+    if "step" in args.parts:
+        results["step"] = benchmark_step(args)
+    out = args.out or args.workdir / f"benchmark-{args.device.split(':')[0]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print_report(results)
+    log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
