@@ -184,7 +184,7 @@ print(json.dumps(sys.argv[1:]))
 
 def _fake_train_env(tmp_path, **env):
     fake_bin = tmp_path / "fakebin"
-    fake_bin.mkdir()
+    fake_bin.mkdir(parents=True)
     (fake_bin / "fairseq-train").write_text(FAKE_TRAIN.format(python=sys.executable))
     (fake_bin / "fairseq-train").chmod(0o755)
     data, bart = tmp_path / "data", tmp_path / "bart"
