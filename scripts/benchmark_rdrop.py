@@ -199,12 +199,12 @@ def benchmark_kl(args):
 # -------------------------------------------------------- part 2: the step
 
 
-def prepare_multi30k(work, vocab_size):
-    """The translation demo's sentencepiece + binarization of the whole Multi30k."""
+def prepare_multi30k(work, vocab_size, train_pairs=None):
+    """The translation demo's sentencepiece + binarization of Multi30k (all of it by default)."""
     spec = importlib.util.spec_from_file_location("demo_multi30k", REPO / "examples/translation/demo_multi30k.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
-    return demo.prepare_data(work / f"data-{vocab_size}", vocab_size, None, None)
+    return demo.prepare_data(work / f"data-{vocab_size}-{train_pairs or 'all'}", vocab_size, train_pairs, None)
 
 
 def build_arm(bin_dir, arm, model_size, device):
@@ -287,8 +287,12 @@ def step_memory_case(arm, bin_dir, model_size, max_tokens, batches, device):
 
 
 def benchmark_step(args):
-    bin_dir = prepare_multi30k(args.workdir, MODEL["vocab_size"])
-    model_size = dict(MODEL, layers=1, embed_dim=64, ffn_dim=128) if args.quick else MODEL
+    if args.quick:
+        model_size = dict(MODEL, layers=1, embed_dim=64, ffn_dim=128, vocab_size=1000)
+        bin_dir = prepare_multi30k(args.workdir, model_size["vocab_size"], train_pairs=2000)
+    else:
+        model_size = MODEL
+        bin_dir = prepare_multi30k(args.workdir, MODEL["vocab_size"])
     device = args.device
     arms = {}
     for name in STEP_ARMS:
