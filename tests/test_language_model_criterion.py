@@ -13,7 +13,7 @@ import torch
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion
 
 from .references import reference_fairseq_label_smoothed_ce, reference_symmetric_kl
-from .tiny_fairseq import OutputCapture, make_criterion, make_lm, make_lm_sample, make_lm_task
+from .tiny_fairseq import make_criterion, make_lm, make_lm_sample, make_lm_task, run_capturing_outputs
 
 ALPHA = 1.0  # the paper's weight for language modelling
 
@@ -25,15 +25,6 @@ def task():
 
 def _lm_criterion(task, rdrop_alpha=ALPHA):
     return make_criterion(task, rdrop_alpha=rdrop_alpha, label_smoothing=0.0, report_accuracy=False)
-
-
-def _run(criterion, model, sample):
-    capture = OutputCapture(model)
-    try:
-        objective, sample_size, log = criterion(model, sample)
-    finally:
-        capture.remove()
-    return objective, sample_size, log, capture.logits
 
 
 def _reference(logits, target, keep, alpha):
@@ -55,7 +46,7 @@ def test_training_runs_one_forward_on_the_batch_concatenated_with_itself(task):
     seen = {}
     handle = model.register_forward_pre_hook(lambda m, args, kwargs: seen.update(kwargs), with_kwargs=True)
     try:
-        _, _, _, outputs = _run(criterion, model, sample)
+        _, _, _, outputs = run_capturing_outputs(criterion, model, sample)
     finally:
         handle.remove()
     assert len(outputs) == 1
@@ -69,7 +60,7 @@ def test_training_runs_one_forward_on_the_batch_concatenated_with_itself(task):
 def test_training_objective_equals_float64_reference_with_kl_masked_at_padding(task):
     model, criterion = make_lm(task), _lm_criterion(task)
     sample = _padded_sample(task, seed=1)
-    objective, sample_size, _, outputs = _run(criterion, model, sample)
+    objective, sample_size, _, outputs = run_capturing_outputs(criterion, model, sample)
     target = sample["target"]
     keep = target.ne(task.target_dictionary.pad())
     assert sample_size == sample["ntokens"] == int(keep.sum())
@@ -83,7 +74,7 @@ def test_training_objective_equals_float64_reference_with_kl_masked_at_padding(t
 def test_gradient_equals_the_float64_references_through_both_passes(task):
     model, criterion = make_lm(task), _lm_criterion(task)
     sample = _padded_sample(task, seed=2)
-    objective, _, _, outputs = _run(criterion, model, sample)
+    objective, _, _, outputs = run_capturing_outputs(criterion, model, sample)
     objective.backward()
     logits = outputs[0]
     leaf = logits.detach().double().requires_grad_()
@@ -95,7 +86,7 @@ def test_gradient_equals_the_float64_references_through_both_passes(task):
 def test_logged_loss_is_the_per_pass_cross_entropy_and_kl_loss_the_symmetric_kl(task):
     model, criterion = make_lm(task), _lm_criterion(task)
     sample = _padded_sample(task, seed=3)
-    _, _, log, outputs = _run(criterion, model, sample)
+    _, _, log, outputs = run_capturing_outputs(criterion, model, sample)
     keep = sample["target"].ne(task.target_dictionary.pad())
     ref = _reference(outputs[0].detach(), sample["target"], keep, ALPHA)
     torch.testing.assert_close(log["loss"].double(), ref["loss"], rtol=1e-5, atol=1e-5)
@@ -109,7 +100,7 @@ def test_validation_is_one_pass_equal_to_fairseqs_cross_entropy_without_kl(task)
     model.eval()
     sample = _padded_sample(task, seed=4)
     with torch.no_grad():
-        ours, size, log, outputs = _run(criterion, model, sample)
+        ours, size, log, outputs = run_capturing_outputs(criterion, model, sample)
         theirs, their_size, their_log = CrossEntropyCriterion(task, sentence_avg=False)(model, sample)
     assert len(outputs) == 1 and outputs[0].size(0) == sample["target"].size(0)
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)

@@ -34,47 +34,34 @@ def make_lm_task():
     return LanguageModelingTask(LanguageModelingConfig(), dictionary, dictionary)
 
 
-def make_model(task, dropout=0.3, seed=0):
-    args = argparse.Namespace(
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_embed_dim=16,
-        decoder_embed_dim=16,
-        encoder_ffn_embed_dim=32,
-        decoder_ffn_embed_dim=32,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        dropout=dropout,
-        attention_dropout=dropout,
-        activation_dropout=dropout,
-        max_source_positions=64,
-        max_target_positions=64,
-    )
-    base_architecture(args)
+def _build(model_class, architecture, task, seed, **options):
+    """A fairseq model from ``options`` completed by ``architecture``, seeded, in training mode."""
+    args = argparse.Namespace(**options)
+    architecture(args)
     torch.manual_seed(seed)
-    model = TransformerModel.build_model(args, task)
+    model = model_class.build_model(args, task)
     model.train()
     return model
+
+
+def make_model(task, dropout=0.3, seed=0):
+    return _build(
+        TransformerModel, base_architecture, task, seed,
+        encoder_layers=1, decoder_layers=1, encoder_embed_dim=16, decoder_embed_dim=16,
+        encoder_ffn_embed_dim=32, decoder_ffn_embed_dim=32, encoder_attention_heads=2, decoder_attention_heads=2,
+        dropout=dropout, attention_dropout=dropout, activation_dropout=dropout,
+        max_source_positions=64, max_target_positions=64,
+    )
 
 
 def make_lm(task, dropout=0.3, seed=0):
     """A one-layer ``transformer_lm`` with tied input and output embeddings."""
-    args = argparse.Namespace(
-        decoder_layers=1,
-        decoder_embed_dim=16,
-        decoder_ffn_embed_dim=32,
-        decoder_attention_heads=2,
-        dropout=dropout,
-        attention_dropout=dropout,
-        activation_dropout=dropout,
-        share_decoder_input_output_embed=True,
-        max_target_positions=64,
+    return _build(
+        TransformerLanguageModel, base_lm_architecture, task, seed,
+        decoder_layers=1, decoder_embed_dim=16, decoder_ffn_embed_dim=32, decoder_attention_heads=2,
+        dropout=dropout, attention_dropout=dropout, activation_dropout=dropout,
+        share_decoder_input_output_embed=True, max_target_positions=64,
     )
-    base_lm_architecture(args)
-    torch.manual_seed(seed)
-    model = TransformerLanguageModel.build_model(args, task)
-    model.train()
-    return model
 
 
 def make_criterion(task, rdrop_alpha=5.0, label_smoothing=0.1, **kwargs):
@@ -163,6 +150,16 @@ class OutputCapture:
 
     def remove(self):
         self.handle.remove()
+
+
+def run_capturing_outputs(criterion, model, sample):
+    """``criterion(model, sample)`` and the list of the model's outputs (logits) during it."""
+    capture = OutputCapture(model)
+    try:
+        objective, sample_size, log = criterion(model, sample)
+    finally:
+        capture.remove()
+    return objective, sample_size, log, capture.logits
 
 
 def assert_sample_left_untouched(sample, action):
