@@ -7,8 +7,10 @@ finished trainings, the command-line options and the results table.
 """
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -123,3 +125,75 @@ def print_table(header, rows):
 
 def demo_parser(doc):
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def setup_tag(setup):
+    """A short hash of a setup dict, naming the runs trained with it."""
+    return hashlib.sha1(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def sentencepiece_encode(raw, sp_dir, splits, sides, vocab_size):
+    """Trains one sentencepiece model on the training text of every side and
+    writes each ``raw/{split}.{side}`` as pieces to ``sp_dir/{split}.{side}``."""
+    import sentencepiece as spm
+
+    sp_dir.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        input=[str(raw / f"train.{side}") for side in sides],
+        model_prefix=str(sp_dir / "spm"),
+        vocab_size=vocab_size,
+        character_coverage=1.0,
+        model_type="unigram",
+        input_sentence_size=1_000_000,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(sp_dir / "spm.model"))
+    for split in splits:
+        for side in sides:
+            lines = (raw / f"{split}.{side}").read_text(encoding="utf-8").splitlines()
+            pieces = [" ".join(p) for p in sp.encode(lines, out_type=str)]
+            (sp_dir / f"{split}.{side}").write_text("\n".join(pieces) + "\n", encoding="utf-8")
+
+
+def binarize_pairs(prefixes, source, target, bin_dir):
+    """fairseq-preprocess with a joined dictionary into bin_dir, which appears
+    only once complete. ``prefixes`` maps train/valid/test to file prefixes
+    (a list for several test sets)."""
+    tmp_bin = bin_dir.with_name(bin_dir.name + ".tmp")
+    shutil.rmtree(tmp_bin, ignore_errors=True)
+    tests = prefixes["test"] if isinstance(prefixes["test"], list) else [prefixes["test"]]
+    run(
+        [
+            tool("fairseq-preprocess"), "--source-lang", source, "--target-lang", target, "--joined-dictionary",
+            "--trainpref", prefixes["train"], "--validpref", prefixes["valid"],
+            "--testpref", ",".join(str(p) for p in tests), "--destdir", tmp_bin, "--workers", "2",
+        ]
+    )
+    tmp_bin.rename(bin_dir)
+
+
+def transformer_args(setup):
+    """fairseq-train options of a demo's small transformer and its optimiser:
+    shared embeddings, Adam, inverse square root schedule, label smoothing 0.1."""
+    return [
+        "--arch", "transformer", "--share-all-embeddings",
+        "--encoder-layers", setup["encoder_layers"], "--decoder-layers", setup["decoder_layers"],
+        "--encoder-embed-dim", setup["embed_dim"], "--decoder-embed-dim", setup["embed_dim"],
+        "--encoder-ffn-embed-dim", setup["ffn_dim"], "--decoder-ffn-embed-dim", setup["ffn_dim"],
+        "--encoder-attention-heads", setup["heads"], "--decoder-attention-heads", setup["heads"],
+        "--dropout", setup["dropout"], "--attention-dropout", 0.1, "--activation-dropout", 0.1,
+        "--label-smoothing", 0.1,
+        "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", setup["lr"], "--clip-norm", 0.0,
+        "--lr-scheduler", "inverse_sqrt", "--warmup-updates", setup["warmup"], "--warmup-init-lr", 1e-7,
+        "--weight-decay", 0.0001, "--max-tokens", setup["max_tokens"],
+    ]
+
+
+def read_hypotheses(generate_output):
+    """{sentence id: detokenized hypothesis} from fairseq-generate's D- lines."""
+    hyps = {}
+    for line in Path(generate_output).read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^D-(\d+)\t[^\t]*\t(.*)$", line)
+        if match:
+            hyps[int(match.group(1))] = match.group(2)
+    return hyps

@@ -19,10 +19,7 @@ checkpoints and summaries.
 """
 
 import gzip
-import hashlib
 import json
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from scripts.demo_support import (  # noqa: E402
-    USER_DIR, add_demo_arguments, demo_parser, fairseq_train, log, mean, print_table as print_rows,
-    require_fairseq, resolve_setup, run, seed_groups, thread_env, tool,
+    USER_DIR, add_demo_arguments, binarize_pairs, demo_parser, fairseq_train, log, mean,
+    print_table as print_rows, read_hypotheses, require_fairseq, resolve_setup, seed_groups,
+    sentencepiece_encode, setup_tag, thread_env, tool, transformer_args,
 )
 from scripts.fairseq_logs import curves, plot  # noqa: E402
 from scripts.rouge import METRICS, LABELS, score as rouge_score  # noqa: E402
@@ -85,15 +83,12 @@ def prepare_data(work, vocab_size, train_subset, test_subset):
     Training and validation pair each abstract with its first (the author's)
     TLDR; test references (all TLDRs of an example) are kept for ROUGE.
     """
-    import sentencepiece as spm
-
     bin_dir = work / "data-bin"
     if (bin_dir / f"dict.{TGT}.txt").exists():
         log(f"reusing {bin_dir}")
         return bin_dir
     raw, sp_dir = work / "raw", work / "spm"
     raw.mkdir(parents=True, exist_ok=True)
-    sp_dir.mkdir(exist_ok=True)
     for split, stem in SPLITS.items():
         records = read_split(stem)
         limit = train_subset if split == "train" else (test_subset if split == "test" else None)
@@ -105,30 +100,8 @@ def prepare_data(work, vocab_size, train_subset, test_subset):
         if split == "test":
             refs = [[one_line(t) for t in r["target"]] for r in records]
             (raw / "test.references.json").write_text(json.dumps(refs, indent=0), encoding="utf-8")
-    spm.SentencePieceTrainer.train(
-        input=[str(raw / f"train.{SRC}"), str(raw / f"train.{TGT}")],
-        model_prefix=str(sp_dir / "spm"),
-        vocab_size=vocab_size,
-        character_coverage=1.0,
-        model_type="unigram",
-        minloglevel=2,
-    )
-    sp = spm.SentencePieceProcessor(model_file=str(sp_dir / "spm.model"))
-    for split in SPLITS:
-        for lang in (SRC, TGT):
-            lines = (raw / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()
-            pieces = [" ".join(p) for p in sp.encode(lines, out_type=str)]
-            (sp_dir / f"{split}.{lang}").write_text("\n".join(pieces) + "\n", encoding="utf-8")
-    tmp_bin = work / "data-bin.tmp"
-    shutil.rmtree(tmp_bin, ignore_errors=True)
-    run(
-        [
-            tool("fairseq-preprocess"), "--source-lang", SRC, "--target-lang", TGT, "--joined-dictionary",
-            "--trainpref", sp_dir / "train", "--validpref", sp_dir / "valid", "--testpref", sp_dir / "test",
-            "--destdir", tmp_bin, "--workers", "2",
-        ]
-    )
-    tmp_bin.rename(bin_dir)
+    sentencepiece_encode(raw, sp_dir, SPLITS, (SRC, TGT), vocab_size)
+    binarize_pairs({split: sp_dir / split for split in SPLITS}, SRC, TGT, bin_dir)
     return bin_dir
 
 
@@ -138,17 +111,9 @@ def train(bin_dir, save_dir, alpha, seed, budget, model, threads):
             bin_dir, "--user-dir", USER_DIR, "--task", "translation",
             "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", seed,
             "--truncate-source", "--max-source-positions", model["max_source_tokens"],
-            "--arch", "transformer", "--share-all-embeddings",
-            "--encoder-layers", model["encoder_layers"], "--decoder-layers", model["decoder_layers"],
-            "--encoder-embed-dim", model["embed_dim"], "--decoder-embed-dim", model["embed_dim"],
-            "--encoder-ffn-embed-dim", model["ffn_dim"], "--decoder-ffn-embed-dim", model["ffn_dim"],
-            "--encoder-attention-heads", model["heads"], "--decoder-attention-heads", model["heads"],
-            "--dropout", model["dropout"], "--attention-dropout", 0.1, "--activation-dropout", 0.1,
+            *transformer_args(model),
             "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", alpha,
-            "--label-smoothing", 0.1,
-            "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", model["lr"], "--clip-norm", 0.0,
-            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", model["warmup"], "--warmup-init-lr", 1e-7,
-            "--weight-decay", 0.0001, "--max-tokens", model["max_tokens"], "--max-update", budget["max_update"],
+            "--max-update", budget["max_update"],
             "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
             "--save-interval", 100000, "--save-interval-updates", budget["interval"],
             "--keep-interval-updates", 1, "--no-epoch-checkpoints",
@@ -179,12 +144,7 @@ def summarize(bin_dir, save_dir, beam, max_source_tokens, threads):
                 stdout=sink, stderr=subprocess.PIPE, text=True, check=True, env=thread_env(threads),
             )
         tmp.rename(out)
-    hyps = {}
-    for line in out.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^D-(\d+)\t[^\t]*\t(.*)$", line)
-        if match:
-            hyps[int(match.group(1))] = match.group(2)
-    return hyps
+    return read_hypotheses(out)
 
 
 def evaluate(bin_dir, save_dir, work, beam, model, threads):
@@ -232,7 +192,7 @@ def main(argv=None):
     data_key = f"data-{model['train_subset']}-{model['vocab_size']}-{budget.get('test_subset', 'all')}"
     bin_dir = prepare_data(work / data_key, model["vocab_size"], model["train_subset"], budget.get("test_subset"))
 
-    setup_tag = hashlib.sha1(json.dumps(model, sort_keys=True).encode()).hexdigest()[:8]
+    tag = setup_tag(model)
     results = {"budget": args.budget, "max_update": budget["max_update"], "setup": model,
                "threads": args.threads, "runs": {}}
     arms = {"baseline": 0.0, "rdrop": args.alpha}
@@ -241,7 +201,7 @@ def main(argv=None):
     # Seed by seed, so that an interrupted multi-seed run leaves complete pairs.
     for seed in args.seeds:
         for name, alpha in arms.items():
-            save_dir = work / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}-{setup_tag}"
+            save_dir = work / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}-{tag}"
             log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.threads)
             results["runs"][name]["seeds"].append({
                 "seed": seed, "train_seconds": round(seconds, 1), "log": str(log_file),
