@@ -197,3 +197,16 @@ def read_hypotheses(generate_output):
         if match:
             hyps[int(match.group(1))] = match.group(2)
     return hyps
+
+
+def start_demo(doc, setup, budgets, alpha, workdir, launcher, argv=None):
+    """(args, budget, setup) of a demo's command line, with fairseq checked and
+    the work folder created: the start every demo's main() shares."""
+    parser = demo_parser(doc)
+    add_demo_arguments(parser, setup, budgets, alpha=alpha, workdir=workdir)
+    args = parser.parse_args(argv)
+    budget, resolved = resolve_setup(args, parser, setup, budgets)
+    require_fairseq(launcher)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    log(f"budget {args.budget}: {budget['max_update']} updates per run, setup {resolved}, seeds {args.seeds}")
+    return args, budget, resolved

@@ -28,9 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from scripts.demo_support import (  # noqa: E402
-    USER_DIR, add_demo_arguments, binarize_pairs, demo_parser, fairseq_train, log, mean,
-    print_table as print_rows, read_hypotheses, require_fairseq, resolve_setup, seed_groups,
-    sentencepiece_encode, setup_tag, thread_env, tool, transformer_args,
+    USER_DIR, binarize_pairs, fairseq_train, log, mean, print_table as print_rows, read_hypotheses,
+    seed_groups, sentencepiece_encode, setup_tag, start_demo, thread_env, tool, transformer_args,
 )
 from scripts.fairseq_logs import curves, plot  # noqa: E402
 from scripts.rouge import METRICS, LABELS, score as rouge_score  # noqa: E402
@@ -181,14 +180,9 @@ def print_table(results):
 
 
 def main(argv=None):
-    parser = demo_parser(__doc__)
-    add_demo_arguments(parser, SETUP, BUDGETS, alpha=0.7, workdir=REPO / "runs" / "scitldr-demo")
-    args = parser.parse_args(argv)
-    budget, model = resolve_setup(args, parser, SETUP, BUDGETS)
-    require_fairseq("examples/summarization/run_demo.sh")
+    args, budget, model = start_demo(__doc__, SETUP, BUDGETS, alpha=0.7, workdir=REPO / "runs" / "scitldr-demo",
+                                     launcher="examples/summarization/run_demo.sh", argv=argv)
     work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    log(f"budget {args.budget}: {budget['max_update']} updates per run, model {model}, seeds {args.seeds}")
     data_key = f"data-{model['train_subset']}-{model['vocab_size']}-{budget.get('test_subset', 'all')}"
     bin_dir = prepare_data(work / data_key, model["vocab_size"], model["train_subset"], budget.get("test_subset"))
 
