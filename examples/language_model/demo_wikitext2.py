@@ -21,7 +21,6 @@ checkpoints.
 """
 
 import gzip
-import hashlib
 import json
 import re
 import shutil
@@ -33,8 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from scripts.demo_support import (  # noqa: E402
-    USER_DIR, add_demo_arguments, demo_parser, fairseq_train, log, mean, print_table as print_rows,
-    require_fairseq, resolve_setup, run, seed_groups, thread_env, tool,
+    USER_DIR, fairseq_train, log, mean, print_table as print_rows, run, seed_groups, sentencepiece_encode,
+    setup_tag, start_demo, thread_env, tool,
 )
 from scripts.fairseq_logs import curves, plot  # noqa: E402
 
@@ -81,33 +80,23 @@ def read_lines(split, limit=None):
 
 def prepare_data(work, model):
     """Sentencepiece on the training slice, then fairseq binarization of all splits."""
-    import sentencepiece as spm
-
     bin_dir = work / "data-bin"
     if (bin_dir / "dict.txt").exists():
         log(f"reusing {bin_dir}")
         return bin_dir
     raw, sp_dir = work / "raw", work / "spm"
     raw.mkdir(parents=True, exist_ok=True)
-    sp_dir.mkdir(exist_ok=True)
     for split in FILES:
         lines = read_lines(split, model[f"{split}_lines"])
         # WikiText's blank separator lines carry no tokens; fairseq would only add an eos for each.
-        (raw / split).write_text("\n".join(l for l in lines if l.strip()) + "\n", encoding="utf-8")
-    spm.SentencePieceTrainer.train(
-        input=str(raw / "train"), model_prefix=str(sp_dir / "spm"), vocab_size=model["vocab_size"],
-        character_coverage=1.0, model_type="unigram", minloglevel=2,
-    )
-    sp = spm.SentencePieceProcessor(model_file=str(sp_dir / "spm.model"))
-    for split in FILES:
-        lines = (raw / split).read_text(encoding="utf-8").splitlines()
-        (sp_dir / split).write_text("\n".join(" ".join(p) for p in sp.encode(lines, out_type=str)) + "\n",
-                                    encoding="utf-8")
+        (raw / f"{split}.txt").write_text("\n".join(l for l in lines if l.strip()) + "\n", encoding="utf-8")
+    sentencepiece_encode(raw, sp_dir, FILES, ("txt",), model["vocab_size"])
     tmp_bin = work / "data-bin.tmp"
     shutil.rmtree(tmp_bin, ignore_errors=True)
     run([
-        tool("fairseq-preprocess"), "--only-source", "--trainpref", sp_dir / "train",
-        "--validpref", sp_dir / "valid", "--testpref", sp_dir / "test", "--destdir", tmp_bin, "--workers", "1",
+        tool("fairseq-preprocess"), "--only-source", "--trainpref", sp_dir / "train.txt",
+        "--validpref", sp_dir / "valid.txt", "--testpref", sp_dir / "test.txt", "--destdir", tmp_bin,
+        "--workers", "1",
     ])
     tmp_bin.rename(bin_dir)
     return bin_dir
@@ -190,24 +179,19 @@ def print_table(results):
 
 
 def main(argv=None):
-    parser = demo_parser(__doc__)
-    add_demo_arguments(parser, SETUP, BUDGETS, alpha=1.0, workdir=REPO / "runs" / "wikitext2-demo")
-    args = parser.parse_args(argv)
-    budget, model = resolve_setup(args, parser, SETUP, BUDGETS)
-    require_fairseq("examples/language_model/run_demo.sh")
+    args, budget, model = start_demo(__doc__, SETUP, BUDGETS, alpha=1.0, workdir=REPO / "runs" / "wikitext2-demo",
+                                     launcher="examples/language_model/run_demo.sh", argv=argv)
     work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    log(f"budget {args.budget}: {budget['max_update']} updates per run, model {model}, seeds {args.seeds}")
     data_key = "data-" + "-".join(str(model[k]) for k in ("train_lines", "valid_lines", "test_lines", "vocab_size"))
     bin_dir = prepare_data(work / data_key, model)
 
-    setup_tag = hashlib.sha1(json.dumps(model, sort_keys=True).encode()).hexdigest()[:8]
+    tag = setup_tag(model)
     results = {"budget": args.budget, "max_update": budget["max_update"], "setup": model,
                "threads": args.threads, "runs": {}}
     for name, alpha in (("baseline", 0.0), ("rdrop", args.alpha)):
         arm = results["runs"][name] = {"alpha": alpha, "seeds": []}
         for seed in args.seeds:
-            save_dir = work / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}-{setup_tag}"
+            save_dir = work / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}-{tag}"
             log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.threads)
             arm["seeds"].append({
                 "seed": seed, "train_seconds": round(seconds, 1), "log": str(log_file),
