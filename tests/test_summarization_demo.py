@@ -15,7 +15,7 @@ def test_scitldr_demo_writes_rouge_table_results_and_plot(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     table = proc.stdout[proc.stdout.index("run      | alpha | seed | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum"):]
-    assert "baseline | 0     | 1" in table and "rdrop    | 0.7   | 1" in table
+    assert "baseline | 0     | 1" in table and "rdrop    | 0.7   | 1" in table and "/40 " in table
     assert "R-Drop - baseline, SciTLDR test ROUGE-L F1" in table
 
     results = json.loads((tmp_path / "results.json").read_text())
@@ -26,6 +26,7 @@ def test_scitldr_demo_writes_rouge_table_results_and_plot(tmp_path):
         assert set(seed["test_rouge"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
         assert all(0.0 <= value <= 100.0 for value in seed["test_rouge"].values())
         assert isinstance(seed["best_valid_loss"], float)
+        assert seed["test_abstracts"] == 40 and 1 <= seed["distinct_summaries"] <= 40
     # One summary per test abstract of the tiny budget's 40, in order.
     for name in ("baseline", "rdrop"):
         (run_dir,) = tmp_path.glob(f"{name}-*")

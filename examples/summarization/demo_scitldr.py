@@ -147,17 +147,22 @@ def summarize(bin_dir, save_dir, beam, max_source_tokens, threads):
 
 
 def evaluate(bin_dir, save_dir, work, beam, model, threads):
-    """ROUGE F1 of the test summaries against every reference TLDR (best per example)."""
+    """ROUGE F1 of the test summaries against every reference TLDR (best per
+    example), and how many different summaries there are: a model that has not
+    learned to read its input writes the same TLDR for every abstract."""
     references = json.loads((work / "raw" / "test.references.json").read_text(encoding="utf-8"))
     hyps = summarize(bin_dir, save_dir, beam, model["max_source_tokens"], threads)
     if len(hyps) != len(references):
         raise SystemExit(f"{save_dir / 'generate-test.txt'}: {len(hyps)} summaries for {len(references)} "
                          "test abstracts; delete it and rerun")
-    # An abstract fairseq-generate returns no summary for scores as empty.
     ordered = [hyps[i] for i in range(len(references))]
     (save_dir / "test.hypo").write_text("\n".join(ordered) + "\n", encoding="utf-8")
     scores = rouge_score(ordered, references)
-    return {m: round(scores[m]["fmeasure"], 2) for m in METRICS}
+    return {
+        "test_rouge": {m: round(scores[m]["fmeasure"], 2) for m in METRICS},
+        "distinct_summaries": len(set(ordered)),
+        "test_abstracts": len(ordered),
+    }
 
 
 def best_valid_loss(log_file):
@@ -167,11 +172,12 @@ def best_valid_loss(log_file):
 def print_table(results):
     """One row per run and seed, plus the mean over seeds when there are several."""
     arms = results["runs"]
-    header = ["run", "alpha", "seed"] + [LABELS[m] for m in METRICS] + ["best valid loss", "train min"]
+    header = ["run", "alpha", "seed"] + [LABELS[m] for m in METRICS] + ["distinct summaries", "best valid loss", "train min"]
     rows = [
         [name, f"{arm['alpha']:g}", label]
         + [f"{mean(s['test_rouge'][m] for s in seeds):.2f}" for m in METRICS]
-        + [f"{mean(s['best_valid_loss'] for s in seeds):.3f}", f"{mean(s['train_seconds'] for s in seeds) / 60:.1f}"]
+        + [f"{mean(s['distinct_summaries'] for s in seeds):.0f}/{seeds[0]['test_abstracts']}",
+           f"{mean(s['best_valid_loss'] for s in seeds):.3f}", f"{mean(s['train_seconds'] for s in seeds) / 60:.1f}"]
         for name, arm in arms.items()
         for label, seeds in seed_groups(arm)
     ]
@@ -200,8 +206,7 @@ def main(argv=None):
             results["runs"][name]["seeds"].append({
                 "seed": seed, "train_seconds": round(seconds, 1), "log": str(log_file),
                 "best_valid_loss": best_valid_loss(log_file),
-                "test_rouge": evaluate(bin_dir, save_dir, bin_dir.parent, budget.get("beam", 4), model,
-                                       args.threads),
+                **evaluate(bin_dir, save_dir, bin_dir.parent, budget.get("beam", 4), model, args.threads),
             })
     results["delta_rougeL"] = round(
         mean(s["test_rouge"]["rougeL"] for s in results["runs"]["rdrop"]["seeds"])
