@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from scripts.fairseq_logs import curves, plot
+
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = REPO / "rdrop_fairseq"
 
@@ -210,3 +212,33 @@ def start_demo(doc, setup, budgets, alpha, workdir, launcher, argv=None):
     args.workdir.mkdir(parents=True, exist_ok=True)
     log(f"budget {args.budget}: {budget['max_update']} updates per run, setup {resolved}, seeds {args.seeds}")
     return args, budget, resolved
+
+
+def run_arms(args, budget, setup, train_and_score):
+    """The results of a demo: for the baseline (alpha 0) and R-Drop (``--alpha``),
+    one entry per seed from ``train_and_score(save_dir, alpha, seed)`` (a dict);
+    ``save_dir`` names the arm, alpha, seed, updates and setup, so finished runs
+    are found again."""
+    tag = setup_tag(setup)
+    results = {"budget": args.budget, "max_update": budget["max_update"], "setup": setup,
+               "threads": args.threads, "runs": {}}
+    for name, alpha in (("baseline", 0.0), ("rdrop", args.alpha)):
+        arm = results["runs"][name] = {"alpha": alpha, "seeds": []}
+        for seed in args.seeds:
+            save_dir = args.workdir / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}-{tag}"
+            arm["seeds"].append({"seed": seed, **train_and_score(save_dir, alpha, seed)})
+    return results
+
+
+def rdrop_minus_baseline(results, score):
+    """R-Drop's mean over seeds of ``score(seed entry)`` minus the baseline's, to 2 decimals."""
+    arms = results["runs"]
+    return round(mean(map(score, arms["rdrop"]["seeds"])) - mean(map(score, arms["baseline"]["seeds"])), 2)
+
+
+def write_results(results, work, title):
+    """``results.json`` and ``curves.png`` (every run's training and validation curves) in work."""
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    runs = results["runs"]
+    plot({f"{name} seed {s['seed']}": curves(s["log"]) for name, arm in runs.items() for s in arm["seeds"]},
+         work / "curves.png", title=title)

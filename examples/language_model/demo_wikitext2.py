@@ -32,10 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from scripts.demo_support import (  # noqa: E402
-    USER_DIR, fairseq_train, log, mean, print_table as print_rows, run, seed_groups, sentencepiece_encode,
-    setup_tag, start_demo, thread_env, tool,
+    USER_DIR, fairseq_train, log, mean, print_table as print_rows, rdrop_minus_baseline, run, run_arms,
+    seed_groups, sentencepiece_encode, start_demo, thread_env, tool, write_results,
 )
-from scripts.fairseq_logs import curves, plot  # noqa: E402
+from scripts.fairseq_logs import curves  # noqa: E402
 
 DATA = REPO / "data" / "language_modeling" / "wikitext-2"
 FILES = {"train": "wiki.train.tokens.gz", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"}
@@ -185,28 +185,14 @@ def main(argv=None):
     data_key = "data-" + "-".join(str(model[k]) for k in ("train_lines", "valid_lines", "test_lines", "vocab_size"))
     bin_dir = prepare_data(work / data_key, model)
 
-    tag = setup_tag(model)
-    results = {"budget": args.budget, "max_update": budget["max_update"], "setup": model,
-               "threads": args.threads, "runs": {}}
-    for name, alpha in (("baseline", 0.0), ("rdrop", args.alpha)):
-        arm = results["runs"][name] = {"alpha": alpha, "seeds": []}
-        for seed in args.seeds:
-            save_dir = work / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}-{tag}"
-            log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.threads)
-            arm["seeds"].append({
-                "seed": seed, "train_seconds": round(seconds, 1), "log": str(log_file),
-                **best_valid(log_file), "eval": evaluate(bin_dir, save_dir, model, args.threads),
-            })
-    results["delta_test_ppl"] = round(
-        mean(s["eval"]["test"]["ppl"] for s in results["runs"]["rdrop"]["seeds"])
-        - mean(s["eval"]["test"]["ppl"] for s in results["runs"]["baseline"]["seeds"]), 2
-    )
-    (work / "results.json").write_text(json.dumps(results, indent=2))
-    plot(
-        {f"{name} seed {s['seed']}": curves(s["log"]) for name, arm in results["runs"].items() for s in arm["seeds"]},
-        work / "curves.png",
-        title=f"WikiText-2 language model, {budget['max_update']} updates",
-    )
+    def train_and_score(save_dir, alpha, seed):
+        log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.threads)
+        return {"train_seconds": round(seconds, 1), "log": str(log_file), **best_valid(log_file),
+                "eval": evaluate(bin_dir, save_dir, model, args.threads)}
+
+    results = run_arms(args, budget, model, train_and_score)
+    results["delta_test_ppl"] = rdrop_minus_baseline(results, lambda s: s["eval"]["test"]["ppl"])
+    write_results(results, work, title=f"WikiText-2 language model, {budget['max_update']} updates")
     print()
     print_table(results)
     log(f"wrote {work / 'results.json'} and {work / 'curves.png'}")
