@@ -91,15 +91,14 @@ def _symmetric_kl_grads(a, b, keep, grad_out, careful_chunks, grad_a, grad_b, un
         # d/da = s (p1 (a - b) + (p1 - p2));  d/db = -s (p2 (a - b) + (p1 - p2))
         scaled_ratio = log_ratio.mul_(scale[rows])
         term_a = (p1 - p2).mul_(scale[rows])
-        if uniform is None:
-            torch.addcmul(term_a, p1, scaled_ratio, out=grad_a[rows])
-            torch.addcmul(term_a, p2, scaled_ratio, out=grad_b[rows]).neg_()
-        else:
+        if uniform is not None:
             term_a.add_(uniform[0, rows])
-            torch.addcmul(term_a, p1, scaled_ratio, out=grad_a[rows])
-            # -s (p1 - p2) + u_b = u_a + u_b - term_a
-            term_b = term_a.neg_().add_(uniform[0, rows] + uniform[1, rows])
-            torch.addcmul(term_b, p2, scaled_ratio, value=-1.0, out=grad_b[rows])
+        torch.addcmul(term_a, p1, scaled_ratio, out=grad_a[rows])
+        # -s (p1 - p2) + u_b = u_a + u_b - term_a
+        term_b = term_a.neg_()
+        if uniform is not None:
+            term_b.add_(uniform[0, rows] + uniform[1, rows])
+        torch.addcmul(term_b, p2, scaled_ratio, value=-1.0, out=grad_b[rows])
     # A masked row may hold inf/NaN log-probabilities: 0 * inf would leak NaN.
     dropped = (~keep).nonzero().squeeze(-1)
     grad_a.index_fill_(0, dropped, 0.0)
