@@ -92,28 +92,34 @@ def right_padded_targets(dictionary, lengths, max_len, gen, first_row_prefix=Non
     return target, shifted
 
 
+def _random_lengths(gen, batch_size, longest):
+    """Lengths in [2, longest], the first row the longest."""
+    lengths = torch.randint(2, longest + 1, (batch_size,), generator=gen).tolist()
+    lengths[0] = longest
+    return lengths
+
+
+def _batch(target, net_input, pad):
+    return {
+        "id": torch.arange(target.size(0)),
+        "nsentences": target.size(0),
+        "ntokens": int(target.ne(pad).sum()),
+        "net_input": net_input,
+        "target": target,
+    }
+
+
 def make_sample(task, batch_size=3, src_len=7, tgt_len=6, seed=0, target_lengths=None):
     """A right-padded batch with varied target lengths, as fairseq's collater builds."""
     gen = torch.Generator().manual_seed(seed)
     d = task.target_dictionary
-    first, last = d.nspecial, len(d)
-    src = torch.randint(first, last, (batch_size, src_len), generator=gen)
+    src = torch.randint(d.nspecial, len(d), (batch_size, src_len), generator=gen)
     src[:, -1] = d.eos()
     if target_lengths is None:
-        target_lengths = torch.randint(2, tgt_len + 1, (batch_size,), generator=gen).tolist()
-        target_lengths[0] = tgt_len
+        target_lengths = _random_lengths(gen, batch_size, tgt_len)
     target, prev = right_padded_targets(d, target_lengths, tgt_len, gen)
-    return {
-        "id": torch.arange(batch_size),
-        "nsentences": batch_size,
-        "ntokens": int(target.ne(d.pad()).sum()),
-        "net_input": {
-            "src_tokens": src,
-            "src_lengths": torch.full((batch_size,), src_len, dtype=torch.long),
-            "prev_output_tokens": prev,
-        },
-        "target": target,
-    }
+    src_lengths = torch.full((batch_size,), src_len, dtype=torch.long)
+    return _batch(target, {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": prev}, d.pad())
 
 
 def make_lm_sample(task, batch_size=3, length=7, seed=0, target_lengths=None):
@@ -123,16 +129,10 @@ def make_lm_sample(task, batch_size=3, length=7, seed=0, target_lengths=None):
     gen = torch.Generator().manual_seed(seed)
     d = task.target_dictionary
     if target_lengths is None:
-        target_lengths = torch.randint(2, length + 1, (batch_size,), generator=gen).tolist()
-        target_lengths[0] = length
+        target_lengths = _random_lengths(gen, batch_size, length)
     target, source = right_padded_targets(d, target_lengths, length, gen)
-    return {
-        "id": torch.arange(batch_size),
-        "nsentences": batch_size,
-        "ntokens": int(target.ne(d.pad()).sum()),
-        "net_input": {"src_tokens": source, "src_lengths": torch.tensor(target_lengths, dtype=torch.long)},
-        "target": target,
-    }
+    src_lengths = torch.tensor(target_lengths, dtype=torch.long)
+    return _batch(target, {"src_tokens": source, "src_lengths": src_lengths}, d.pad())
 
 
 class OutputCapture:
