@@ -28,10 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from scripts.demo_support import (  # noqa: E402
-    USER_DIR, binarize_pairs, fairseq_train, log, mean, print_table as print_rows, read_hypotheses,
-    seed_groups, sentencepiece_encode, setup_tag, start_demo, thread_env, tool, transformer_args,
+    USER_DIR, binarize_pairs, fairseq_train, log, mean, print_table as print_rows, rdrop_minus_baseline,
+    read_hypotheses, run_arms, seed_groups, sentencepiece_encode, start_demo, thread_env, tool,
+    transformer_args, write_results,
 )
-from scripts.fairseq_logs import curves, plot  # noqa: E402
+from scripts.fairseq_logs import curves  # noqa: E402
 from scripts.rouge import METRICS, LABELS, score as rouge_score  # noqa: E402
 
 DATA = REPO / "data" / "summarization" / "scitldr"
@@ -192,32 +193,16 @@ def main(argv=None):
     data_key = f"data-{model['train_subset']}-{model['vocab_size']}-{budget.get('test_subset', 'all')}"
     bin_dir = prepare_data(work / data_key, model["vocab_size"], model["train_subset"], budget.get("test_subset"))
 
-    tag = setup_tag(model)
-    results = {"budget": args.budget, "max_update": budget["max_update"], "setup": model,
-               "threads": args.threads, "runs": {}}
-    arms = {"baseline": 0.0, "rdrop": args.alpha}
-    for name, alpha in arms.items():
-        results["runs"][name] = {"alpha": alpha, "seeds": []}
-    # Seed by seed, so that an interrupted multi-seed run leaves complete pairs.
-    for seed in args.seeds:
-        for name, alpha in arms.items():
-            save_dir = work / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}-{tag}"
-            log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.threads)
-            results["runs"][name]["seeds"].append({
-                "seed": seed, "train_seconds": round(seconds, 1), "log": str(log_file),
-                "best_valid_loss": best_valid_loss(log_file),
-                **evaluate(bin_dir, save_dir, bin_dir.parent, budget.get("beam", 4), model, args.threads),
-            })
-    results["delta_rougeL"] = round(
-        mean(s["test_rouge"]["rougeL"] for s in results["runs"]["rdrop"]["seeds"])
-        - mean(s["test_rouge"]["rougeL"] for s in results["runs"]["baseline"]["seeds"]), 2
-    )
-    (work / "results.json").write_text(json.dumps(results, indent=2))
-    plot(
-        {f"{name} seed {s['seed']}": curves(s["log"]) for name, arm in results["runs"].items() for s in arm["seeds"]},
-        work / "curves.png",
-        title=f"SciTLDR-A, {budget['max_update']} updates",
-    )
+    def train_and_score(save_dir, alpha, seed):
+        log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.threads)
+        return {
+            "train_seconds": round(seconds, 1), "log": str(log_file), "best_valid_loss": best_valid_loss(log_file),
+            **evaluate(bin_dir, save_dir, bin_dir.parent, budget.get("beam", 4), model, args.threads),
+        }
+
+    results = run_arms(args, budget, model, train_and_score)
+    results["delta_rougeL"] = rdrop_minus_baseline(results, lambda s: s["test_rouge"]["rougeL"])
+    write_results(results, work, title=f"SciTLDR-A, {budget['max_update']} updates")
     print()
     print_table(results)
     log(f"wrote {work / 'results.json'} and {work / 'curves.png'}")
