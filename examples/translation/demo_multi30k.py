@@ -16,8 +16,6 @@ BLEU against updates for both runs) and the fairseq logs and checkpoints.
 import gzip
 import hashlib
 import json
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from scripts.demo_support import (  # noqa: E402
-    USER_DIR, add_demo_arguments, demo_parser, fairseq_train, log, mean, print_table as print_rows,
-    require_fairseq, resolve_setup, run, seed_groups, thread_env, tool,
+    USER_DIR, add_demo_arguments, binarize_pairs, demo_parser, fairseq_train, log, mean, print_table as print_rows,
+    read_hypotheses, require_fairseq, resolve_setup, seed_groups, sentencepiece_encode, thread_env, tool,
 )
 from scripts.fairseq_logs import curves, plot  # noqa: E402
 
@@ -78,45 +76,21 @@ def read_lines(stem, lang, limit=None):
 
 def prepare_data(work, vocab_size, train_subset, eval_subset):
     """Sentencepiece (joint en+de) and fairseq binarization with a joined dictionary."""
-    import sentencepiece as spm
-
     bin_dir = work / "data-bin"
     if (bin_dir / "dict.de.txt").exists():
         log(f"reusing {bin_dir}")
         return bin_dir
     raw, sp_dir = work / "raw", work / "spm"
     raw.mkdir(parents=True, exist_ok=True)
-    sp_dir.mkdir(exist_ok=True)
     for split, stem in SPLITS.items():
         limit = train_subset if split == "train" else (eval_subset if split != "valid" else None)
         for lang in (SRC, TGT):
             (raw / f"{split}.{lang}").write_text("\n".join(read_lines(stem, lang, limit)) + "\n", encoding="utf-8")
-    spm.SentencePieceTrainer.train(
-        input=[str(raw / f"train.{SRC}"), str(raw / f"train.{TGT}")],
-        model_prefix=str(sp_dir / "spm"),
-        vocab_size=vocab_size,
-        character_coverage=1.0,
-        model_type="unigram",
-        input_sentence_size=1_000_000,
-        minloglevel=2,
+    sentencepiece_encode(raw, sp_dir, SPLITS, (SRC, TGT), vocab_size)
+    binarize_pairs(
+        {"train": sp_dir / "train", "valid": sp_dir / "valid", "test": [sp_dir / s for s in TEST_SPLITS]},
+        SRC, TGT, bin_dir,
     )
-    sp = spm.SentencePieceProcessor(model_file=str(sp_dir / "spm.model"))
-    for split in SPLITS:
-        for lang in (SRC, TGT):
-            lines = (raw / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()
-            pieces = [" ".join(p) for p in sp.encode(lines, out_type=str)]
-            (sp_dir / f"{split}.{lang}").write_text("\n".join(pieces) + "\n", encoding="utf-8")
-    tmp_bin = work / "data-bin.tmp"
-    shutil.rmtree(tmp_bin, ignore_errors=True)
-    run(
-        [
-            tool("fairseq-preprocess"), "--source-lang", SRC, "--target-lang", TGT, "--joined-dictionary",
-            "--trainpref", sp_dir / "train", "--validpref", sp_dir / "valid",
-            "--testpref", ",".join(str(sp_dir / s) for s in TEST_SPLITS),
-            "--destdir", tmp_bin, "--workers", "2",
-        ]
-    )
-    tmp_bin.rename(bin_dir)
     return bin_dir
 
 
@@ -170,11 +144,7 @@ def evaluate(bin_dir, save_dir, work, beam, threads):
                     stdout=sink, stderr=subprocess.PIPE, text=True, check=True, env=thread_env(threads),
                 )
             tmp.rename(out)
-        hyps = {}
-        for line in out.read_text(encoding="utf-8").splitlines():
-            match = re.match(r"^D-(\d+)\t[^\t]*\t(.*)$", line)
-            if match:
-                hyps[int(match.group(1))] = match.group(2)
+        hyps = read_hypotheses(out)
         refs = (work / "raw" / f"{split}.{TGT}").read_text(encoding="utf-8").splitlines()
         if len(hyps) != len(refs):
             raise SystemExit(f"{out}: {len(hyps)} hypotheses for {len(refs)} references; delete it and rerun")
