@@ -16,12 +16,12 @@ from fairseq.optim.sgd import SGD
 
 from .references import reference_fairseq_label_smoothed_ce, reference_symmetric_kl
 from .tiny_fairseq import (
-    OutputCapture,
     assert_sample_left_untouched,
     make_criterion,
     make_model,
     make_sample,
     make_task,
+    run_capturing_outputs,
 )
 
 
@@ -51,19 +51,10 @@ def _reference(logits, target, pad, epsilon, alpha, prefix=0):
     }
 
 
-def _run(criterion, model, sample):
-    capture = OutputCapture(model)
-    try:
-        objective, sample_size, log = criterion(model, sample)
-    finally:
-        capture.remove()
-    return objective, sample_size, log, capture.logits
-
-
 def test_training_objective_equals_float64_reference_from_the_models_own_output(task):
     model, criterion = make_model(task), make_criterion(task, rdrop_alpha=5.0)
     sample = make_sample(task)
-    objective, sample_size, log, outputs = _run(criterion, model, sample)
+    objective, sample_size, log, outputs = run_capturing_outputs(criterion, model, sample)
     assert len(outputs) == 1, "both passes must run in one forward call"
     logits = outputs[0]
     assert logits.size(0) == 2 * sample["target"].size(0)
@@ -74,7 +65,7 @@ def test_training_objective_equals_float64_reference_from_the_models_own_output(
 
 def test_the_two_passes_see_independent_dropout_masks(task):
     model, criterion = make_model(task), make_criterion(task)
-    _, _, log, outputs = _run(criterion, model, make_sample(task))
+    _, _, log, outputs = run_capturing_outputs(criterion, model, make_sample(task))
     first, second = outputs[0].detach().chunk(2)
     assert not torch.allclose(first, second)
     assert log["kl_loss"] > 0
@@ -83,7 +74,7 @@ def test_the_two_passes_see_independent_dropout_masks(task):
 def test_gradient_flows_through_both_passes_as_in_the_reference(task):
     model, criterion = make_model(task), make_criterion(task, rdrop_alpha=2.0)
     sample = make_sample(task, seed=1)
-    objective, _, _, outputs = _run(criterion, model, sample)
+    objective, _, _, outputs = run_capturing_outputs(criterion, model, sample)
     objective.backward()
     logits = outputs[0]
     leaf = logits.detach().double().requires_grad_()
@@ -96,7 +87,7 @@ def test_gradient_flows_through_both_passes_as_in_the_reference(task):
 def test_logged_values_are_per_pass_averages_and_the_symmetric_kl(task):
     model, criterion = make_model(task), make_criterion(task, rdrop_alpha=5.0)
     sample = make_sample(task, seed=2)
-    _, _, log, outputs = _run(criterion, model, sample)
+    _, _, log, outputs = run_capturing_outputs(criterion, model, sample)
     ref = _reference(outputs[0].detach(), sample["target"], task.target_dictionary.pad(), 0.1, 5.0)
     assert set(log) == {"loss", "nll_loss", "kl_loss", "ntokens", "nsentences", "sample_size", "n_correct", "total"}
     for key in ("loss", "nll_loss", "kl_loss"):
@@ -111,7 +102,7 @@ def test_logged_values_are_per_pass_averages_and_the_symmetric_kl(task):
 
 def test_reduce_metrics_reports_base2_per_token_figures_summed_over_workers(task):
     model, criterion = make_model(task), make_criterion(task)
-    logs = [_run(criterion, model, make_sample(task, seed=s))[2] for s in (3, 4)]
+    logs = [run_capturing_outputs(criterion, model, make_sample(task, seed=s))[2] for s in (3, 4)]
     with metrics.aggregate() as agg:
         type(criterion).reduce_metrics(logs)
         reduced = agg.get_smoothed_values()
@@ -135,7 +126,7 @@ def test_alpha_zero_is_exactly_fairseqs_label_smoothed_cross_entropy_with_one_pa
     ):
         model = make_model(task)
         torch.manual_seed(123)
-        objective, sample_size, log, outputs = _run(criterion, model, sample)
+        objective, sample_size, log, outputs = run_capturing_outputs(criterion, model, sample)
         objective.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
         results.append((objective, sample_size, log, outputs, grads))
@@ -152,7 +143,7 @@ def test_eval_mode_is_a_single_plain_pass_identical_to_fairseq(task):
     model.eval()
     sample = make_sample(task, seed=6)
     with torch.no_grad():
-        ours, size, log, outputs = _run(criterion, model, sample)
+        ours, size, log, outputs = run_capturing_outputs(criterion, model, sample)
         theirs, _, their_log = LabelSmoothedCrossEntropyCriterion(task, False, 0.1, report_accuracy=True)(
             model, sample
         )
@@ -189,7 +180,7 @@ def test_kl_is_masked_where_ignore_prefix_size_drops_tokens(task):
     model = make_model(task)
     criterion = make_criterion(task, rdrop_alpha=3.0, ignore_prefix_size=2)
     sample = make_sample(task, seed=9, target_lengths=[6, 5, 4])
-    objective, _, log, outputs = _run(criterion, model, sample)
+    objective, _, log, outputs = run_capturing_outputs(criterion, model, sample)
     ref = _reference(outputs[0].detach(), sample["target"], task.target_dictionary.pad(), 0.1, 3.0, prefix=2)
     torch.testing.assert_close(objective.double(), ref["objective"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(log["kl_loss"].double(), ref["kl_loss"], rtol=1e-5, atol=1e-6)
@@ -199,7 +190,7 @@ def test_sentence_avg_normalises_by_sentences(task):
     model = make_model(task)
     criterion = make_criterion(task, sentence_avg=True)
     sample = make_sample(task, seed=10)
-    _, sample_size, log, _ = _run(criterion, model, sample)
+    _, sample_size, log, _ = run_capturing_outputs(criterion, model, sample)
     assert sample_size == log["sample_size"] == sample["target"].size(0)
 
 
@@ -215,7 +206,7 @@ def test_ddp_dummy_batch_contributes_no_gradient(task):
 def test_all_padding_batch_gives_zero_loss_and_a_working_backward(task):
     model, criterion = make_model(task), make_criterion(task)
     sample = make_sample(task, seed=12, target_lengths=[0, 0, 0])
-    objective, sample_size, log, _ = _run(criterion, model, sample)
+    objective, sample_size, log, _ = run_capturing_outputs(criterion, model, sample)
     objective.backward()
     assert sample_size == 0 and objective.item() == 0.0 and log["kl_loss"].item() == 0.0
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
@@ -224,7 +215,7 @@ def test_all_padding_batch_gives_zero_loss_and_a_working_backward(task):
 def test_empty_batch_gives_zero_loss_and_a_working_backward(task):
     model, criterion = make_model(task), make_criterion(task)
     sample = make_sample(task, batch_size=0, target_lengths=[])
-    objective, sample_size, log, _ = _run(criterion, model, sample)
+    objective, sample_size, log, _ = run_capturing_outputs(criterion, model, sample)
     objective.backward()
     assert sample_size == 0 and objective.item() == 0.0 and log["nsentences"] == 0
 
