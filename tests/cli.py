@@ -4,6 +4,7 @@ import gzip
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,3 +62,23 @@ COMMON_TRAIN = [
     "--log-format", "json", "--log-interval", 5, "--no-epoch-checkpoints",
 ]
 RDROP = ["--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", 5]
+
+
+def assert_shell_script_parses_and_is_strict(script):
+    """``bash -n`` accepts it, it runs under ``set -euo pipefail`` and says in its header what it does."""
+    r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = Path(script).read_text()
+    assert "set -euo pipefail" in text and text.splitlines()[1].startswith("# ")
+
+
+def assert_script_fails_fast(script, args, env, message):
+    """The script stops within seconds, naming the problem (``message``) in an error
+    or usage line, with a bare PATH: its input checks come before any tool is looked for."""
+    start = time.monotonic()
+    r = subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), **env})
+    assert r.returncode != 0
+    assert message in r.stderr and ("error" in r.stderr or "usage" in r.stderr), r.stderr
+    assert time.monotonic() - start < 10
+    return r.stderr

@@ -12,10 +12,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
+
+from .cli import assert_script_fails_fast, assert_shell_script_parses_and_is_strict
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "translation"
@@ -257,10 +258,7 @@ def test_compound_split_bleu_perfect_translation_and_raw_reference(tmp_path, cap
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_shell_scripts_parse(script):
-    r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    text = script.read_text()
-    assert "set -euo pipefail" in text and text.splitlines()[1].startswith("# ")
+    assert_shell_script_parses_and_is_strict(script)
 
 
 MISSING = "/nonexistent/rdrop-data"
@@ -282,14 +280,7 @@ FAIL_FAST = [
 @pytest.mark.parametrize("script,args,env,message", FAIL_FAST,
                          ids=[f"{s}-{i}" for i, (s, *_rest) in enumerate(FAIL_FAST)])
 def test_shell_scripts_fail_fast_on_missing_input(script, args, env, message):
-    # A bare PATH: the input check must come before any tool is looked for.
-    start = time.monotonic()
-    r = subprocess.run(["bash", str(EXAMPLES / script), *args], capture_output=True, text=True,
-                       env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), **env})
-    assert r.returncode != 0
-    assert message in r.stderr, r.stderr
-    assert "error" in r.stderr or "usage" in r.stderr
-    assert time.monotonic() - start < 10
+    assert_script_fails_fast(EXAMPLES / script, args, env, message)
 
 
 def test_python_preparers_fail_clearly_on_missing_input(tmp_path, capsys):
