@@ -14,8 +14,6 @@ BLEU against updates for both runs) and the fairseq logs and checkpoints.
 """
 
 import gzip
-import hashlib
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from scripts.demo_support import (  # noqa: E402
-    USER_DIR, add_demo_arguments, binarize_pairs, demo_parser, fairseq_train, log, mean, print_table as print_rows,
-    read_hypotheses, require_fairseq, resolve_setup, seed_groups, sentencepiece_encode, thread_env, tool,
+    USER_DIR, binarize_pairs, fairseq_train, log, mean, print_table as print_rows, rdrop_minus_baseline,
+    read_hypotheses, run_arms, seed_groups, sentencepiece_encode, start_demo, thread_env, tool, write_results,
 )
-from scripts.fairseq_logs import curves, plot  # noqa: E402
+from scripts.fairseq_logs import curves  # noqa: E402
 
 DATA = REPO / "data" / "translation" / "multi30k"
 SRC, TGT = "en", "de"
@@ -184,41 +182,21 @@ def print_table(results):
 
 
 def main(argv=None):
-    parser = demo_parser(__doc__)
-    add_demo_arguments(parser, SETUP, BUDGETS, alpha=5.0, workdir=REPO / "runs" / "multi30k-demo")
-    args = parser.parse_args(argv)
-    budget, model = resolve_setup(args, parser, SETUP, BUDGETS)
-    require_fairseq("examples/translation/run_demo.sh")
+    args, budget, model = start_demo(__doc__, SETUP, BUDGETS, alpha=5.0, workdir=REPO / "runs" / "multi30k-demo",
+                                     launcher="examples/translation/run_demo.sh", argv=argv)
     work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    log(f"budget {args.budget}: {budget['max_update']} updates per run, model {model}, seeds {args.seeds}")
     data_key = f"data-{model['train_subset']}-{model['vocab_size']}-{budget.get('eval_subset', 'all')}"
     bin_dir = prepare_data(work / data_key, model["vocab_size"], model["train_subset"], budget.get("eval_subset"))
 
-    setup_tag = hashlib.sha1(json.dumps(model, sort_keys=True).encode()).hexdigest()[:8]
-    results = {"budget": args.budget, "max_update": budget["max_update"], "setup": model,
-               "threads": args.threads, "runs": {}}
-    for name, alpha in (("baseline", 0.0), ("rdrop", args.alpha)):
-        arm = results["runs"][name] = {"alpha": alpha, "seeds": []}
-        for seed in args.seeds:
-            save_dir = work / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}-{setup_tag}"
-            log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.threads)
-            arm["seeds"].append({
-                "seed": seed, "train_seconds": round(seconds, 1), "log": str(log_file),
-                **best_valid(log_file),
-                "test": evaluate(bin_dir, save_dir, bin_dir.parent, budget.get("beam", 5), args.threads),
-            })
+    def train_and_score(save_dir, alpha, seed):
+        log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.threads)
+        return {"train_seconds": round(seconds, 1), "log": str(log_file), **best_valid(log_file),
+                "test": evaluate(bin_dir, save_dir, bin_dir.parent, budget.get("beam", 5), args.threads)}
+
+    results = run_arms(args, budget, model, train_and_score)
     first_test = SPLITS[TEST_SPLITS[0]]
-    results["delta_bleu"] = round(
-        mean(s["test"][first_test]["bleu"] for s in results["runs"]["rdrop"]["seeds"])
-        - mean(s["test"][first_test]["bleu"] for s in results["runs"]["baseline"]["seeds"]), 2
-    )
-    (work / "results.json").write_text(json.dumps(results, indent=2))
-    plot(
-        {f"{name} seed {s['seed']}": curves(s["log"]) for name, arm in results["runs"].items() for s in arm["seeds"]},
-        work / "curves.png",
-        title=f"Multi30k en-de, {budget['max_update']} updates",
-    )
+    results["delta_bleu"] = rdrop_minus_baseline(results, lambda s: s["test"][first_test]["bleu"])
+    write_results(results, work, title=f"Multi30k en-de, {budget['max_update']} updates")
     print()
     print_table(results)
     log(f"wrote {work / 'results.json'} and {work / 'curves.png'}")
