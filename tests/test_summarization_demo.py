@@ -15,12 +15,12 @@ def test_scitldr_demo_writes_rouge_table_results_and_plot(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     table = proc.stdout[proc.stdout.index("run      | alpha | seed | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum"):]
-    assert "baseline | 0     | 1" in table and "rdrop    | 0.7   | 1" in table and "/40 " in table
+    assert "baseline | 0     | 1" in table and "rdrop    | 5     | 1" in table and "/40 " in table
     assert "R-Drop - baseline, SciTLDR test ROUGE-L F1" in table
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["budget"] == "tiny" and set(results["runs"]) == {"baseline", "rdrop"}
-    assert results["runs"]["rdrop"]["alpha"] == 0.7 and results["runs"]["baseline"]["alpha"] == 0.0
+    assert results["runs"]["rdrop"]["alpha"] == 5.0 and results["runs"]["baseline"]["alpha"] == 0.0
     for arm in results["runs"].values():
         (seed,) = arm["seeds"]
         assert set(seed["test_rouge"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}

@@ -40,22 +40,27 @@ SRC, TGT = "source", "target"
 # fairseq split name -> SciTLDR-A file stem
 SPLITS = {"train": "train", "valid": "dev", "test": "test"}
 
-# Dropout 0.1 and alpha 0.7 are the paper's CNN/DailyMail settings. The model
-# is sized to see the 1,992 training abstracts several times within a 2-core
-# budget; abstracts are truncated to keep an epoch cheap.
+# R-Drop pays off where the baseline overfits. With 1,992 training abstracts a
+# 2+2-layer d=128 transformer reaches its lowest validation loss after about
+# 1,000 updates (8 epochs) and then overfits; both arms get the same number of
+# updates and keep their checkpoint of lowest validation loss. Alpha 5 (the
+# paper's value for translation from scratch) was chosen over the paper's
+# CNN/DailyMail 0.7, a value for fine-tuning pretrained BART, on the dev set
+# with seed 1: validation loss 7.82 vs 7.98 bits and ROUGE-L 21.7 vs 21.7 after
+# 1,000 updates. Abstracts are truncated to keep an epoch cheap.
 SETUP = {
     "train_subset": 0,  # first N training abstracts; 0: all 1,992
     "vocab_size": 4000,  # joint sentencepiece vocabulary
     "max_source_tokens": 128,  # abstracts are truncated to this many pieces
     "encoder_layers": 2,
     "decoder_layers": 2,
-    "embed_dim": 256,
+    "embed_dim": 128,
     "ffn_dim": 512,
     "heads": 4,
     "dropout": 0.1,
     "lr": 2e-3,
-    "warmup": 100,
-    "max_tokens": 4096,
+    "warmup": 200,
+    "max_tokens": 2048,
 }
 # Budgets share the setup; they change the number of updates and the
 # evaluation cadence. "tiny" exists for the end-to-end test.
@@ -63,8 +68,8 @@ BUDGETS = {
     "tiny": dict(max_update=20, interval=10, test_subset=40, beam=2,
                  setup=dict(train_subset=300, vocab_size=600, encoder_layers=1, decoder_layers=1,
                             embed_dim=32, ffn_dim=64, heads=2, warmup=5)),
-    "default": dict(max_update=250, interval=50),
-    "full": dict(max_update=400, interval=50),
+    "default": dict(max_update=1000, interval=100),
+    "full": dict(max_update=2000, interval=100),
 }
 
 
@@ -187,7 +192,7 @@ def print_table(results):
 
 
 def main(argv=None):
-    args, budget, model = start_demo(__doc__, SETUP, BUDGETS, alpha=0.7, workdir=REPO / "runs" / "scitldr-demo",
+    args, budget, model = start_demo(__doc__, SETUP, BUDGETS, alpha=5.0, workdir=REPO / "runs" / "scitldr-demo",
                                      launcher="examples/summarization/run_demo.sh", argv=argv)
     work = args.workdir
     data_key = f"data-{model['train_subset']}-{model['vocab_size']}-{budget.get('test_subset', 'all')}"
