@@ -10,26 +10,35 @@ from .cli import REPO
 def test_scitldr_demo_writes_rouge_table_results_and_plot(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "examples/summarization/demo_scitldr.py"), "--budget", "tiny",
-         "--threads", "1", "--workdir", str(tmp_path)],
+         "--seeds", "1", "2", "--threads", "1", "--workdir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     table = proc.stdout[proc.stdout.index("run      | alpha | seed | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum"):]
-    assert "baseline | 0     | 1" in table and "rdrop    | 5     | 1" in table and "/40 " in table
+    for row in ("baseline | 0     | 1", "baseline | 0     | mean", "rdrop    | 5     | 2", "rdrop    | 5     | mean"):
+        assert row in table
+    assert "/40 " in table
     assert "R-Drop - baseline, SciTLDR test ROUGE-L F1" in table
+    assert "seed-to-seed standard deviation of ROUGE-L F1: baseline " in table
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["budget"] == "tiny" and set(results["runs"]) == {"baseline", "rdrop"}
     assert results["runs"]["rdrop"]["alpha"] == 5.0 and results["runs"]["baseline"]["alpha"] == 0.0
-    for arm in results["runs"].values():
-        (seed,) = arm["seeds"]
-        assert set(seed["test_rouge"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
-        assert all(0.0 <= value <= 100.0 for value in seed["test_rouge"].values())
-        assert isinstance(seed["best_valid_loss"], float)
-        assert seed["test_abstracts"] == 40 and 1 <= seed["distinct_summaries"] <= 40
+    for name, arm in results["runs"].items():
+        assert [seed["seed"] for seed in arm["seeds"]] == [1, 2]
+        for seed in arm["seeds"]:
+            assert set(seed["test_rouge"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+            assert all(0.0 <= value <= 100.0 for value in seed["test_rouge"].values())
+            assert isinstance(seed["best_valid_loss"], float)
+            assert seed["test_abstracts"] == 40 and 1 <= seed["distinct_summaries"] <= 40
+        # The sample standard deviation of two values is |a - b| / sqrt(2).
+        first, second = (seed["test_rouge"]["rougeL"] for seed in arm["seeds"])
+        assert abs(results["seed_std_rougeL"][name] - abs(first - second) / 2 ** 0.5) <= 0.005
     # One summary per test abstract of the tiny budget's 40, in order.
     for name in ("baseline", "rdrop"):
-        (run_dir,) = tmp_path.glob(f"{name}-*")
-        assert len((run_dir / "test.hypo").read_text(encoding="utf-8").splitlines()) == 40
+        run_dirs = list(tmp_path.glob(f"{name}-*"))
+        assert len(run_dirs) == 2
+        for run_dir in run_dirs:
+            assert len((run_dir / "test.hypo").read_text(encoding="utf-8").splitlines()) == 40
     png = (tmp_path / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

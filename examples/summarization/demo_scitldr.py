@@ -15,11 +15,12 @@ validation loss against updates for both runs) and the fairseq logs,
 checkpoints and summaries.
 
     python examples/summarization/demo_scitldr.py                 # default budget
-    python examples/summarization/demo_scitldr.py --full --seeds 1 2   # the README's table
+    python examples/summarization/demo_scitldr.py --full --seeds 1 2 3   # the README's table
 """
 
 import gzip
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -189,6 +190,9 @@ def print_table(results):
     ]
     print_rows(header, rows)
     print(f"R-Drop - baseline, SciTLDR test ROUGE-L F1 (mean over seeds): {results['delta_rougeL']:+.2f}")
+    if "seed_std_rougeL" in results:
+        spread = ", ".join(f"{name} {std:.2f}" for name, std in results["seed_std_rougeL"].items())
+        print(f"seed-to-seed standard deviation of ROUGE-L F1: {spread}")
 
 
 def main(argv=None):
@@ -207,6 +211,9 @@ def main(argv=None):
 
     results = run_arms(args, budget, model, train_and_score)
     results["delta_rougeL"] = rdrop_minus_baseline(results, lambda s: s["test_rouge"]["rougeL"])
+    if len(args.seeds) > 1:
+        results["seed_std_rougeL"] = {name: round(statistics.stdev(s["test_rouge"]["rougeL"] for s in arm["seeds"]), 2)
+                                      for name, arm in results["runs"].items()}
     write_results(results, work, title=f"SciTLDR-A, {budget['max_update']} updates")
     print()
     print_table(results)
