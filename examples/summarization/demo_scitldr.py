@@ -15,7 +15,7 @@ validation loss against updates for both runs) and the fairseq logs,
 checkpoints and summaries.
 
     python examples/summarization/demo_scitldr.py                 # default budget
-    python examples/summarization/demo_scitldr.py --full --seeds 1 2 3   # the README's table
+    python examples/summarization/demo_scitldr.py --full --seeds 1 2 3 4 5   # the README's table
 """
 
 import gzip
