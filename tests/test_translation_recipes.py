@@ -165,6 +165,35 @@ def test_clean_keeps_every_shipped_valid_pair_and_filters_test():
     assert kept == expected and kept < len(de)
 
 
+# ----------------------------------------------------------------- archives
+
+
+def _tar(path, members):
+    import io
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("has_data_filter", [True, False], ids=["python-with-filter", "python-without-filter"])
+def test_extract_tar_unpacks_plain_members_and_refuses_escapes(tmp_path, monkeypatch, has_data_filter):
+    # Python before 3.9.17 / 3.10.12 / 3.11.4 has no extraction filters; the
+    # same archive must unpack, and the same escape be refused, either way.
+    if not has_data_filter:
+        monkeypatch.delattr(tarfile, "data_filter")
+    good = _tar(tmp_path / "good.tgz", [("de-en/train.tags.de-en.de", b"Hallo\n")])
+    mt_prep.extract_tar(good, tmp_path / "out")
+    assert (tmp_path / "out" / "de-en" / "train.tags.de-en.de").read_bytes() == b"Hallo\n"
+    evil = _tar(tmp_path / "evil.tgz", [("de-en/ok.txt", b"x"), ("../escaped.txt", b"x")])
+    with pytest.raises((SystemExit, tarfile.TarError)):
+        mt_prep.extract_tar(evil, tmp_path / "out2")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
 # ------------------------------------------------------------------ splitting
 
 

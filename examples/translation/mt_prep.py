@@ -34,6 +34,7 @@ import itertools
 import multiprocessing
 import re
 import sys
+import tarfile
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Iterable, Iterator, List, Sequence, Tuple
@@ -60,6 +61,28 @@ def write_lines(path, lines: Iterable[str]) -> int:
             f.write(line + "\n")
             n += 1
     return n
+
+
+def extract_tar(archive, dest) -> None:
+    """Unpacks ``archive`` into ``dest``, refusing members that would land
+    outside ``dest`` (absolute paths, ``..``, links, devices).
+
+    Python 3.12, 3.11.4+, 3.10.12+ and 3.9.17+ do this with the ``data``
+    extraction filter; older releases have no ``filter`` argument, so the same
+    rules are checked here before a plain ``extractall``.
+    """
+    dest = Path(dest)
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+            return
+        root = dest.resolve()
+        for member in tar.getmembers():
+            target = (dest / member.name).resolve()
+            if not (member.isfile() or member.isdir()) or (target != root and root not in target.parents):
+                raise SystemExit(f"error: {archive}: refusing to extract {member.name!r} (not a plain file "
+                                 f"or folder inside {dest}); unpack the archive by hand and pass its folder")
+        tar.extractall(dest)
 
 
 # ------------------------------------------------------------- markup removal

@@ -25,7 +25,6 @@ Output layout (as the shell script's): ``OUT/tmp/{train,valid,test}.{de,en}``
 import argparse
 import shutil
 import sys
-import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -86,8 +85,7 @@ def unpack(tgz: Path, dest: Path) -> Path:
     if not tgz.is_file():
         raise SystemExit(f"error: archive not found: {tgz}")
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tgz) as tar:
-        tar.extractall(dest, filter="data")
+    mt_prep.extract_tar(tgz, dest)
     return find_orig(dest)
 
 

@@ -28,7 +28,6 @@ without it fairseq's en-de script uses WMT'17's news-commentary v12, which
 import argparse
 import shutil
 import sys
-import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -120,8 +119,7 @@ def fetch(orig: Path, pair: str, valid: str, nc_v12: bool, download: bool) -> No
                 raise SystemExit(f"error: could not download {url} ({e}); without internet, "
                                  f"place the archives in {orig} and pass --no-download")
             part.rename(archive)
-        with tarfile.open(archive) as tar:
-            tar.extractall(orig, filter="data")
+        mt_prep.extract_tar(archive, orig)
 
 
 def _tokenize_file(paths, out: Path, lang: str, normalize: bool, workers: int) -> int:
