@@ -56,22 +56,27 @@ def _log_ratio(a, b):
 def _symmetric_kl_rows(a, b, keep, row_sums=None):
     """Per row 1/2 sum_v (p1 - p2)(a - b) of 2-D log-probabilities, 0 where not ``keep``.
 
-    Also returns the chunks that needed ``_log_ratio``'s care for a class
-    impossible under both passes, so that backward takes the same path. With
+    Also returns the first rows of the chunks that needed ``_log_ratio``'s care
+    for a class impossible under both passes, so that backward takes the same path. With
     ``row_sums`` (a ``(2, rows)`` buffer), fills it with sum_v a and sum_v b
     while each chunk is at hand (label smoothing needs them).
     """
     out = a.new_empty(a.shape[0])
-    careful_chunks = []
     for rows in _row_chunks(a):
         x, y = a[rows], b[rows]
         out[rows] = torch.linalg.vecdot(x.exp().sub_(y.exp()), x - y)
-        if (out[rows].isnan() & keep[rows]).any():
-            careful_chunks.append(rows.start)
-            out[rows] = torch.linalg.vecdot(x.exp().sub_(y.exp()), _log_ratio(x, y))
         if row_sums is not None:
             torch.sum(x, -1, out=row_sums[0, rows])
             torch.sum(y, -1, out=row_sums[1, rows])
+    # One host-side check per call, not per chunk: on a GPU each is a synchronisation.
+    careful_chunks = []
+    nan_rows = out.isnan() & keep
+    if nan_rows.any():
+        step = rows_per_chunk(a)
+        careful_chunks = sorted(set((nan_rows.nonzero().squeeze(-1) // step * step).tolist()))
+        for start in careful_chunks:
+            x, y = a[start : start + step], b[start : start + step]
+            out[start : start + step] = torch.linalg.vecdot(x.exp().sub_(y.exp()), _log_ratio(x, y))
     return out.mul_(0.5).masked_fill_(~keep, 0.0), careful_chunks
 
 

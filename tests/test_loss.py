@@ -140,6 +140,38 @@ def test_a_class_impossible_under_both_passes_leaves_the_gradient_of_the_others_
     torch.testing.assert_close(masked2.grad[-1, others].double(), r2.grad[-1, others], rtol=1e-4, atol=1e-6)
 
 
+
+def test_impossible_classes_in_several_chunks_give_the_reference_value_and_gradient():
+    step = rows_per_chunk(torch.empty(0, 10))
+    rows = 3 * step + 2  # four chunks; the impossible class in the first and the third only
+    x1, x2 = _logits(rows, 10, seed=32), _logits(rows, 10, seed=33)
+    masked1, masked2 = x1.clone(), x2.clone()
+    impossible = torch.zeros(rows, dtype=torch.bool)
+    impossible[[1, 2 * step + 3]] = True
+    masked1[impossible, 4] = masked2[impossible, 4] = float("-inf")
+    masked1.requires_grad_(), masked2.requires_grad_()
+    kl = symmetric_kl(masked1.log_softmax(-1), masked2.log_softmax(-1))
+    kl.sum().backward()
+    others = [v for v in range(10) if v != 4]
+    r1, r2 = x1.double().requires_grad_(), x2.double().requires_grad_()
+    ref = reference_symmetric_kl(r1, r2, ~impossible)
+    ref[impossible] = reference_symmetric_kl(r1[impossible][:, others], r2[impossible][:, others])
+    ref.sum().backward()
+    torch.testing.assert_close(kl.double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    assert masked1.grad[impossible, 4].eq(0).all() and masked2.grad[impossible, 4].eq(0).all()
+    torch.testing.assert_close(masked1.grad[:, others].double(), r1.grad[:, others], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(masked2.grad[:, others].double(), r2.grad[:, others], rtol=1e-4, atol=1e-6)
+
+
+def test_the_nan_check_reads_a_value_on_the_host_once_per_call_whatever_the_number_of_chunks(monkeypatch):
+    # On a GPU each read is a synchronisation that stalls the kernel queue.
+    reads = []
+    read_value = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda tensor: reads.append(tensor.numel()) or read_value(tensor))
+    rows = 4 * rows_per_chunk(torch.empty(0, 10)) + 1
+    symmetric_kl(_logits(rows, 10, seed=34).log_softmax(-1), _logits(rows, 10, seed=35).log_softmax(-1))
+    assert reads == [1]
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_large_logits_give_finite_kl_and_gradients(dtype):
     big = torch.finfo(torch.float16).max
