@@ -8,13 +8,23 @@ Normalisation (rouge-score's default tokenizer, the same for every metric):
 text is lowercased, every character other than ``a-z0-9`` becomes a space,
 and with stemming (the default, as for the CNN/DailyMail numbers of BART and
 R-Drop) tokens longer than 3 characters are reduced by the Porter stemmer.
-ROUGE-L is the longest common subsequence over the whole summary;
-ROUGE-Lsum treats each sentence as a unit (summary-level LCS union), with
-sentences separated by newlines. A line has no newline, so sentences are
-marked inside it: ``--sentence-separator`` (default ``<n>``) is replaced by a
-newline, and ``--split-sentences`` also breaks after ``.``, ``!`` or ``?``
-followed by a space (use it for CNN/DailyMail output, where a summary's
-sentences are joined by spaces).
+
+Two ROUGE-L variants are reported, and they differ on multi-sentence summaries:
+
+* ``rougeL`` ("ROUGE-L (whole-summary LCS)"): the longest common subsequence
+  of the two summaries taken as one token sequence.
+* ``rougeLsum`` ("ROUGE-Lsum"): the summary-level LCS of ROUGE-1.5.5, the
+  union of each reference sentence's LCS with every hypothesis sentence. This
+  is what ROUGE-1.5.5 (and so files2rouge, which BART and R-Drop used) prints
+  as ROUGE-L when a summary has one sentence per line, i.e. the ROUGE-L of
+  the papers' CNN/DailyMail tables.
+
+rouge-score reads sentences as newline-separated. A line has no newline, so
+sentences are marked inside it: ``--sentence-separator`` (default ``<n>``) is
+replaced by a newline, and ``--split-sentences`` also splits the text into
+sentences with pysbd, a rule-based sentence splitter that keeps
+abbreviations, initials and decimal numbers whole (use it for CNN/DailyMail
+output, where a summary's sentences are joined by spaces).
 
 Several reference files: each example takes, per metric, the reference with
 the highest F1 (rouge-score's ``score_multi``). An empty line in a reference
@@ -23,26 +33,40 @@ may vary; every example needs at least one.
 
 Reported: the mean over examples of each F1, times 100.
 
-    python scripts/rouge.py test.hypo test.target
+    python scripts/rouge.py test.hypo test.target --split-sentences
     python scripts/rouge.py hyp.txt ref1.txt ref2.txt ref3.txt --json rouge.json
 """
 
 import argparse
 import json
-import re
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# The printed table names what each ROUGE-L variant is.
+TABLE_LABELS = {**LABELS, "rougeL": "ROUGE-L (whole-summary LCS)",
+                "rougeLsum": "ROUGE-Lsum (per sentence; files2rouge's ROUGE-L)"}
+
+
+@lru_cache(maxsize=1)
+def _segmenter():
+    import pysbd
+
+    return pysbd.Segmenter(language="en", clean=False)
+
+
+def split_into_sentences(text):
+    """The sentences of ``text`` as pysbd finds them, stripped, empty ones dropped."""
+    return [s.strip() for s in _segmenter().segment(text) if s.strip()]
 
 
 def to_sentences(text, separator="<n>", split_sentences=False):
     """One summary line as newline-separated sentences, the form ROUGE-Lsum reads."""
     parts = text.split(separator) if separator else [text]
     if split_sentences:
-        parts = [s for part in parts for s in SENTENCE_END.split(part)]
+        parts = [s for part in parts if part.strip() for s in split_into_sentences(part)]
     return "\n".join(p.strip() for p in parts if p.strip())
 
 
@@ -96,7 +120,7 @@ def read_files(hyp_path, ref_paths, separator="<n>", split_sentences=False):
 
 
 def format_table(result):
-    rows = [(LABELS[m], f"{result[m]['fmeasure']:.2f}", f"{result[m]['precision']:.2f}", f"{result[m]['recall']:.2f}")
+    rows = [(TABLE_LABELS[m], f"{result[m]['fmeasure']:.2f}", f"{result[m]['precision']:.2f}", f"{result[m]['recall']:.2f}")
             for m in METRICS]
     header = ("metric", "F1", "P", "R")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
@@ -112,7 +136,8 @@ def main(argv=None):
     parser.add_argument("--sentence-separator", default="<n>",
                         help="marker between sentences inside a line (default <n>; '' for none)")
     parser.add_argument("--split-sentences", action="store_true",
-                        help="also split sentences after . ! ? followed by a space (for ROUGE-Lsum)")
+                        help="also split the text into sentences with pysbd (for ROUGE-Lsum on summaries "
+                             "whose sentences are joined by spaces, e.g. CNN/DailyMail)")
     args = parser.parse_args(argv)
     hyps, refs = read_files(args.hypotheses, args.references, args.sentence_separator, args.split_sentences)
     result = score(hyps, refs, stem=not args.no_stem)

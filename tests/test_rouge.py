@@ -8,6 +8,7 @@ LCS with every hypothesis sentence.
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -71,11 +72,36 @@ def test_rouge_lsum_matches_sentences_where_rouge_l_sees_one_sequence():
     assert result["rougeLsum"]["fmeasure"] == pytest.approx(100.0)
 
 
-def test_sentences_are_marked_by_separator_or_split_at_end_punctuation():
+def test_sentences_are_marked_by_separator_or_split_by_the_sentence_splitter():
     assert rouge.to_sentences("One. <n> Two") == "One.\nTwo"
     assert rouge.to_sentences("One. Two! Three? four") == "One. Two! Three? four"
     assert rouge.to_sentences("One. Two! Three? four", split_sentences=True) == "One.\nTwo!\nThree?\nfour"
     assert rouge.to_sentences("v1.5 is out. Yes", split_sentences=True) == "v1.5 is out.\nYes"
+    assert rouge.to_sentences("Hello. <n> It is. Done.", split_sentences=True) == "Hello.\nIt is.\nDone."
+
+
+def test_splitter_keeps_abbreviations_initials_and_numbers_inside_a_sentence():
+    # A split after every ". " would cut each of these into pieces.
+    text = ("Mr. Smith paid $3.50 in the U.S. on Monday. "
+            "Dr. Jones, e.g. a doctor, met J. K. Rowling. It rained.")
+    assert rouge.to_sentences(text, split_sentences=True).split("\n") == [
+        "Mr. Smith paid $3.50 in the U.S. on Monday.",
+        "Dr. Jones, e.g. a doctor, met J. K. Rowling.",
+        "It rained."]
+
+
+def test_rouge_lsum_of_split_summaries_is_the_summary_level_lcs():
+    # Reference sentences "a b c ." and "d e f ."; hypothesis "d e f . a b c ."
+    # in one line. Split: each reference sentence is matched whole, Lsum = 1.
+    # Unsplit (one sentence each): Lsum falls back to the whole-summary LCS,
+    # 3 of 6 tokens, the same as ROUGE-L.
+    hyp, ref = "D e f. A b c.", "A b c. D e f."
+    split = rouge.score([rouge.to_sentences(hyp, split_sentences=True)],
+                        [[rouge.to_sentences(ref, split_sentences=True)]])
+    whole = rouge.score([hyp], [[ref]])
+    assert split["rougeLsum"]["fmeasure"] == pytest.approx(100.0)
+    assert split["rougeL"]["fmeasure"] == whole["rougeL"]["fmeasure"] == pytest.approx(50.0)
+    assert whole["rougeLsum"]["fmeasure"] == pytest.approx(50.0)
 
 
 @pytest.mark.parametrize("hyps, refs, message", [
@@ -100,7 +126,9 @@ def test_command_line_scores_files_with_a_missing_reference_line_and_writes_json
     proc = _cli(tmp_path / "hyp", tmp_path / "ref1", tmp_path / "ref2", "--json", tmp_path / "r.json")
     assert proc.returncode == 0, proc.stdout
     expected_r1 = 100 * (5 / 6 + 3 / 4) / 2
-    assert f"ROUGE-1    | {expected_r1:.2f}" in proc.stdout
+    assert re.search(rf"^ROUGE-1 +\| {expected_r1:.2f} ", proc.stdout, re.M)
+    assert "ROUGE-L (whole-summary LCS)" in proc.stdout
+    assert "ROUGE-Lsum (per sentence; files2rouge's ROUGE-L)" in proc.stdout
     assert "2 examples, 1.50 references per example, stemming on" in proc.stdout
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["examples"] == 2 and saved["stemming"] is True

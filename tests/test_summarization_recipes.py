@@ -60,13 +60,14 @@ def _bash(script, *args, **env):
 
 
 def test_story_splits_article_from_highlights_and_adds_missing_periods():
+    # fix_missing_period appends " ." (space, period), as the standard script does.
     article, summary = make_cnn_dm.parse_story(STORY)
-    assert article == "Lead line of the article without a period. Second line ends properly."
-    assert summary == "First highlight. Second highlight!"
+    assert article == "Lead line of the article without a period . Second line ends properly."
+    assert summary == "First highlight . Second highlight!"
 
 
 def test_story_without_article_text_gives_empty_article():
-    assert make_cnn_dm.parse_story("@highlight\n\nOnly a highlight\n") == ("", "Only a highlight.")
+    assert make_cnn_dm.parse_story("@highlight\n\nOnly a highlight\n") == ("", "Only a highlight .")
 
 
 def test_story_file_is_named_by_the_sha1_of_its_url():
@@ -96,7 +97,7 @@ def _put_downloads(work: Path):
             url = f"http://{source}.example/{split}/{index}"
             (stories[source] / make_cnn_dm.story_name(url)).write_text(_story(article, f"summary {index} of {split}"))
             urls.append(url)
-        # A story without article text is left out.
+        # A story without article text keeps an empty line.
         empty = f"http://cnn.example/{split}/empty"
         (stories["cnn"] / make_cnn_dm.story_name(empty)).write_text("@highlight\n\nno article\n")
         (work / "url_lists" / f"all_{split}.txt").write_text("\n".join(urls + [empty]) + "\n")
@@ -130,18 +131,20 @@ def test_prepare_writes_text_and_binarized_data_that_decodes_back(tmp_path):
 
     work, data, bpe, r = _prepare(tmp_path)
     assert "downloading" not in r.stderr  # everything was in place
-    assert "train: 2 stories, 1 without article or highlights left out" in r.stdout
+    # The story without article text keeps its (empty) line: every URL of a
+    # split has a line, so the test set keeps all 11,490 articles.
+    assert "train: 3 stories, 1 of them without article text or highlights (kept, empty)" in r.stdout
     for split, articles in ARTICLES.items():
-        assert (work / "text" / f"{split}.source").read_text().splitlines() == articles
+        assert (work / "text" / f"{split}.source").read_text().splitlines() == articles + [""]
         assert (work / "text" / f"{split}.target").read_text().splitlines() == [
-            f"summary {i} of {split}." for i in range(len(articles))]
+            f"summary {i} of {split} ." for i in range(len(articles))] + ["no article ."]
     assert (data / "test.target").read_text() == (work / "text" / "test.target").read_text()
 
     dictionary = Dictionary.load(str(data / "dict.source.txt"))
     encoder = get_encoder(str(bpe / "encoder.json"), str(bpe / "vocab.bpe"))
     dataset = data_utils.load_indexed_dataset(str(data / "train.source-target.source"), dictionary)
     decoded = [encoder.decode([int(t) for t in dictionary.string(dataset[i]).split()]) for i in range(len(dataset))]
-    assert decoded == ARTICLES["train"]
+    assert decoded == ARTICLES["train"] + [""]
     # The merges were applied: "the" is one BPE symbol (id 257, after the 256
     # bytes and "th"), not three bytes.
     assert dictionary.string(dataset[0]).split()[0] == str(257)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Scores a fine-tuned BART on the CNN/DailyMail test set as the R-Drop paper
 # reports it (ROUGE-1/2/L F1): summaries from generate_cnn_dm.py (beam 4, lenpen
-# 2.0, max_len_b 140, min_len 55, no_repeat_ngram_size 3), then ROUGE-1/2/L/Lsum
-# with stemming through rouge-score (scripts/rouge.py), sentences split at end
-# punctuation for ROUGE-Lsum. Writes the summaries and rouge.json next to the
-# checkpoint.
+# 2.0, max_len_b 140, min_len 55, no_repeat_ngram_size 3, fp16 on GPU), then
+# ROUGE-1/2/L/Lsum with stemming through rouge-score (scripts/rouge.py), with
+# sentences split by pysbd. The last line gives the paper-comparable figures:
+# files2rouge's ROUGE-L is the sentence-level one, rouge-score's ROUGE-Lsum.
+# Writes the summaries and rouge.json next to the checkpoint.
 #
 #   bash examples/summarization/evaluate_cnn_dm.sh
 #   CHECKPOINT=ckpt/checkpoint_best.pt bash examples/summarization/evaluate_cnn_dm.sh --batch-size 16
@@ -40,4 +41,8 @@ if [ -z "${HYPO:-}" ]; then
   mv "$hypo.part" "$hypo"
   echo "evaluate_cnn_dm.sh: summaries in $hypo" >&2
 fi
-python "$root/scripts/rouge.py" "$hypo" "$DATA/test.target" --split-sentences --json "${hypo%.hypo}.rouge.json"
+scores="${hypo%.hypo}.rouge.json"
+python "$root/scripts/rouge.py" "$hypo" "$DATA/test.target" --split-sentences --json "$scores"
+python -c 'import json, sys; s = json.load(open(sys.argv[1]))["scores"]
+print("paper-comparable ROUGE-1/2/L F1 (ROUGE-L = ROUGE-Lsum, as files2rouge): "
+      + " / ".join("%.2f" % s[m]["fmeasure"] for m in ("rouge1", "rouge2", "rougeLsum")))' "$scores"

@@ -2,8 +2,10 @@
 
 Uses fairseq's BART hub interface (``BARTModel.from_pretrained`` and
 ``bart.sample``) with BART's CNN/DailyMail inference settings: beam 4, length
-penalty 2.0, max_len_b 140, min_len 55, no_repeat_ngram_size 3. One summary per
-line of ``--source`` goes to ``--out``. Importing the plugin first lets
+penalty 2.0, max_len_b 140, min_len 55, no_repeat_ngram_size 3, 32 articles per
+batch, in half precision on GPU (``bart.half()``, as the official R-Drop and BART
+inference code; ``--no-fp16`` for float32). One summary per line of ``--source``
+goes to ``--out``. Importing the plugin first lets
 ``torch.load`` read checkpoints trained with ``label_smoothed_cross_entropy_rdrop``.
 
     python examples/summarization/generate_cnn_dm.py \\
@@ -34,7 +36,8 @@ def parse_args(argv):
     parser.add_argument("--gpt2-bpe", type=Path,
                         help="folder with GPT-2's encoder.json and vocab.bpe (default: fairseq downloads them)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--fp16", action="store_true", help="half precision on GPU")
+    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
+                        help="half precision on GPU, as the official inference (default); --no-fp16: float32")
     for name, value in CNN_DM.items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value,
                             help=f"default {value} (BART's CNN/DailyMail setting)")
@@ -66,6 +69,8 @@ def main(argv=None):
         bart.cuda()
         if args.fp16:
             bart.half()
+    elif args.fp16:
+        print("generate_cnn_dm.py: no CUDA device, summarizing in float32 on CPU", file=sys.stderr)
     settings = {name: getattr(args, name) for name in CNN_DM}
     articles = args.source.read_text(encoding="utf-8").splitlines()
     with open(args.out, "w", encoding="utf-8") as out:

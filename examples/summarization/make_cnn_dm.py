@@ -1,13 +1,16 @@
 """CNN/DailyMail stories -> {train,val,test}.{source,target}, untokenized text.
 
 The non-anonymized CNN/DailyMail of See et al. (2017) in the form BART and the
-R-Drop paper fine-tune on: one article per line in ``.source`` and its
-highlights joined by spaces in ``.target``, in the order of the official URL
-lists, text left untokenized (GPT-2 BPE works on raw text). A story file is
-``<sha1 of its URL>.story``; its lines before the first ``@highlight`` are the
-article, the line after each ``@highlight`` a highlight. A highlight or article
-line without final punctuation gets a period. Stories without article text
-(114 in the full data) are left out.
+R-Drop paper fine-tune on, as the non-tokenizing ``make_datafiles.py`` that
+fairseq's BART README points to writes it: one article per line in ``.source``
+and its highlights joined by spaces in ``.target``, one line for every URL of
+the official URL lists and in their order, text left untokenized (GPT-2 BPE
+works on raw text). A story file is ``<sha1 of its URL>.story``; its lines
+before the first ``@highlight`` are the article, the line after each
+``@highlight`` a highlight. A line without final punctuation gets " ." (space,
+period), the standard ``fix_missing_period``. Stories without article text
+keep their line, with an empty article, so that every split keeps its URL
+count (test: 11,490); the count of such stories is printed per split.
 
     python examples/summarization/make_cnn_dm.py --stories cnn/stories dailymail/stories \\
         --url-lists url_lists --out cnn_dm
@@ -22,7 +25,7 @@ END_TOKENS = (".", "!", "?", "...", "'", "`", '"', "\u2019", "\u201d", ")")
 
 
 def with_period(line):
-    return line if line.endswith(END_TOKENS) else line + "."
+    return line if line.endswith(END_TOKENS) else line + " ."
 
 
 def parse_story(text):
@@ -63,7 +66,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     for split, list_name in SPLITS.items():
         urls = [u for u in (args.url_lists / list_name).read_text(encoding="utf-8").splitlines() if u.strip()]
-        kept = skipped = 0
+        empty = 0
         with open(args.out / f"{split}.source", "w", encoding="utf-8") as src, \
                 open(args.out / f"{split}.target", "w", encoding="utf-8") as tgt:
             for url in urls:
@@ -73,13 +76,10 @@ def main(argv=None):
                     raise SystemExit(f"make_cnn_dm.py: error: no story for {url} ({story_name(url)}) in "
                                      + ", ".join(map(str, args.stories)))
                 article, summary = parse_story(path.read_text(encoding="utf-8"))
-                if not article or not summary:
-                    skipped += 1
-                    continue
+                empty += not article or not summary
                 src.write(article + "\n")
                 tgt.write(summary + "\n")
-                kept += 1
-        print(f"{split}: {kept} stories, {skipped} without article or highlights left out")
+        print(f"{split}: {len(urls)} stories, {empty} of them without article text or highlights (kept, empty)")
 
 
 if __name__ == "__main__":
