@@ -4,27 +4,22 @@ The loss functions in :mod:`rdrop_fairseq.loss` need only PyTorch; the fairseq
 criteria are registered when fairseq is importable.
 """
 
-import argparse
 import importlib.util
-
-import numpy as np
-import torch
+import warnings
 
 __version__ = "0.1.0"
 
-
-def _fairseq_checkpoint_globals():
-    """The non-tensor types in fairseq checkpoints: the argparse.Namespace of the
-    legacy args and numpy arrays and scalars in the trainer's saved state."""
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    dtype_classes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
-    return [argparse.Namespace, np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *dtype_classes]
-
-
-# torch>=2.6 loads with weights_only=True, which rejects those types unless they
-# are allow-listed. Doing it on import makes fairseq-generate, fairseq-eval-lm
-# and --restore-file work with --user-dir and no environment variable.
-torch.serialization.add_safe_globals(_fairseq_checkpoint_globals())
-
 if importlib.util.find_spec("fairseq") is not None:
-    from rdrop_fairseq import criterions  # noqa: F401  (registers the criteria)
+    try:
+        import fairseq  # noqa: F401
+    except Exception as error:
+        # A user of the plain-PyTorch loss may have a broken fairseq around;
+        # it must not take the loss down with it.
+        warnings.warn(
+            f"rdrop_fairseq: fairseq is installed but does not import ({type(error).__name__}: {error}), "
+            "so the R-Drop criteria are not registered; rdrop_fairseq.loss works without them. "
+            "Repair the fairseq install, or uninstall it, to use the criteria or silence this warning.",
+            stacklevel=2,
+        )
+    else:
+        from rdrop_fairseq import criterions  # noqa: F401  (registers the criteria)

@@ -2,10 +2,10 @@
 examples/translation/config/rdrop_multi30k.yaml on a Multi30k slice."""
 
 import pytest
-import torch
+from fairseq import checkpoint_utils
 from omegaconf import OmegaConf
 
-import rdrop_fairseq  # noqa: F401  (allow-lists fairseq's checkpoint types for torch.load)
+import rdrop_fairseq  # noqa: F401  (lets fairseq's loader read fairseq's checkpoint types under weights_only)
 
 from .cli import REPO, USER_DIR, run_tool, train_records
 
@@ -42,8 +42,8 @@ def test_hydra_train_trains_with_the_criterion_and_logs_kl_and_the_warmed_up_alp
     assert "valid_kl_loss" not in train_records(hydra_run / "train.log", "valid")[-1]
 
 
-def test_the_checkpoint_records_the_yaml_setup_and_loads_with_torch_defaults(hydra_run):
-    state = torch.load(hydra_run / "checkpoint_last.pt")
+def test_the_checkpoint_records_the_yaml_setup_and_loads_with_fairseqs_loader(hydra_run):
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(hydra_run / "checkpoint_last.pt"))
     criterion = state["cfg"]["criterion"]
     assert criterion["_name"] == "label_smoothed_cross_entropy_rdrop" and criterion["rdrop_alpha"] == 5.0
     model = state["model"]

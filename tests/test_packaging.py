@@ -1,23 +1,93 @@
-"""The package imports without fairseq, and registers its criteria from a pip install."""
+"""The loss imports with torch alone, the package leaves torch's allow-list
+alone, and a pip install registers the criteria."""
 
+import argparse
+import json
+import pickle
 import subprocess
 import sys
+
+import numpy as np
+import pytest
+import torch
 
 from .cli import REPO
 
 
-def test_the_loss_module_imports_and_runs_without_fairseq():
+# What each case takes away before anything is imported, as a leaner or older
+# install lacks it, and whether the fairseq criteria are then registered.
+LEANER_INSTALLS = {
+    "no fairseq": ("sys.modules['fairseq'] = None", False),
+    "no numpy": ("sys.modules['numpy'] = None", False),
+    "a fairseq that fails to import": ("sys.path.insert(0, {broken!r})", False),
+    "torch < 2.4 (no add_safe_globals)": (
+        "import torch; del torch.serialization.add_safe_globals, torch.serialization.safe_globals", True
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LEANER_INSTALLS)
+def test_the_loss_imports_and_runs_with_torch_alone(tmp_path, case):
+    broken = tmp_path / "broken"
+    (broken / "fairseq").mkdir(parents=True)
+    (broken / "fairseq" / "__init__.py").write_text("raise ImportError('a half-installed extension')\n")
+    take_away, registers = LEANER_INSTALLS[case]
     code = (
-        "import sys; sys.modules['fairseq'] = None\n"
+        "import json, sys, warnings\n"
+        f"{take_away.format(broken=str(broken))}\n"
         "import torch\n"
-        "from rdrop_fairseq.loss import rdrop_loss\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from rdrop_fairseq.loss import rdrop_loss\n"
         "out = rdrop_loss(torch.randn(2, 3, 5), torch.randn(2, 3, 5), torch.tensor([[1, 2, -100]] * 2), alpha=1.0)\n"
         "assert out.ntokens.item() == 4 and out.kl.item() > 0\n"
-        "assert 'rdrop_fairseq.criterions' not in sys.modules\n"
-        "print('ok')\n"
+        "print(json.dumps({'registered': 'rdrop_fairseq.criterions' in sys.modules,\n"
+        "                  'warnings': [str(w.message) for w in caught if 'rdrop_fairseq' in str(w.message)]}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["registered"] is registers
+    if case in ("no numpy", "a fairseq that fails to import"):
+        [warning] = result["warnings"]
+        assert "fairseq is installed but does not import" in warning and "rdrop_fairseq.loss works" in warning
+        assert case == "no numpy" or "a half-installed extension" in warning
+    else:
+        assert result["warnings"] == []
+
+
+def test_importing_the_package_leaves_torchs_weights_only_allow_list_as_it_was():
+    code = (
+        "import sys, torch\n"
+        "before = torch.serialization.get_safe_globals()\n"
+        "import rdrop_fairseq.loss\n"
+        "assert 'rdrop_fairseq.criterions' in sys.modules  # the criteria too, fairseq being installed\n"
+        "print(torch.serialization.get_safe_globals() == before)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ["True"], proc.stdout + proc.stderr[-2000:]
+
+
+def test_fairseqs_checkpoint_loader_and_only_it_accepts_fairseqs_checkpoint_types(tmp_path):
+    from fairseq import checkpoint_utils
+
+    import rdrop_fairseq  # noqa: F401
+
+    path = tmp_path / "checkpoint.pt"
+    state = {
+        "model": {"w": torch.ones(2)},
+        "optimizer_history": [{"criterion_name": "label_smoothed_cross_entropy_rdrop", "optimizer_name": "adam",
+                               "lr_scheduler_state": {"best": np.float64(2.5)}, "num_updates": 3}],
+        "extra_state": {"train_iterator": {"epoch": 2}, "legacy_args": argparse.Namespace(seed=3),
+                        "val_losses": np.array([2.5, 2.25], dtype=np.float32)},
+    }
+    torch.save(state, path)
+    with pytest.raises(pickle.UnpicklingError, match="weights_only"):
+        torch.load(path)
+    loaded = checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    assert loaded["optimizer_history"][-1]["lr_scheduler_state"]["best"] == np.float64(2.5)
+    assert loaded["extra_state"]["legacy_args"] == argparse.Namespace(seed=3)
+    assert np.array_equal(loaded["extra_state"]["val_losses"], np.array([2.5, 2.25], dtype=np.float32))
 
 
 def test_a_pip_installed_copy_works_as_user_dir_and_documents_its_flag(tmp_path):

@@ -12,8 +12,9 @@ logs' own rounding (3 decimals) on the losses.
 
 import pytest
 import torch
+from fairseq import checkpoint_utils
 
-import rdrop_fairseq  # noqa: F401  (allow-lists fairseq's checkpoint types for torch.load)
+import rdrop_fairseq  # noqa: F401  (lets fairseq's loader read fairseq's checkpoint types under weights_only)
 
 from .cli import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, run_tool, train_records
 
@@ -45,8 +46,10 @@ def runs(multi30k_bin):
 
 def test_resumed_run_reaches_the_uninterrupted_runs_parameters(runs):
     (whole_dir, _), (resumed_dir, _) = runs["uninterrupted"], runs["resumed"]
-    # torch.load with its defaults (weights_only=True): importing the plugin is enough.
-    whole, resumed = (torch.load(d / "checkpoint_last.pt") for d in (whole_dir, resumed_dir))
+    # fairseq's loader, as --restore-file and fairseq-generate use it, with torch's weights_only default
+    whole, resumed = (
+        checkpoint_utils.load_checkpoint_to_cpu(str(d / "checkpoint_last.pt")) for d in (whole_dir, resumed_dir)
+    )
     assert whole["optimizer_history"][-1]["num_updates"] == resumed["optimizer_history"][-1]["num_updates"] == 2 * K
     assert whole["model"].keys() == resumed["model"].keys()
     for name, value in whole["model"].items():
