@@ -4,6 +4,7 @@ full training step against the baseline and upstream fairseq's R-Drop.
     python scripts/benchmark_rdrop.py                  # CPU: tables on stdout, JSON in --out
     python scripts/benchmark_rdrop.py --device cuda    # the same on a GPU
     python scripts/benchmark_rdrop.py --quick          # small sizes, a smoke test
+    python scripts/benchmark_rdrop.py --parts kl --kl-sizes 1024x250000   # one row of the KL table
 
 Part 1, the KL term alone, forward + backward, at N target tokens per pass and
 vocabulary V (the doubled batch has 2N rows, 10 % of them padding):
@@ -56,7 +57,9 @@ sys.path.insert(0, str(REPO))
 from rdrop_fairseq.loss import symmetric_kl_of_halves  # noqa: E402
 from scripts.demo_support import USER_DIR  # noqa: E402
 
-KL_SIZES = [(2048, 8000), (2048, 32000), (8192, 8000), (8192, 32000)]
+# The last: an mBART-sized vocabulary at the most tokens for which the official
+# formula's 11 GiB fit in a 23 GiB machine.
+KL_SIZES = [(2048, 8000), (2048, 32000), (8192, 8000), (8192, 32000), (1024, 250000)]
 KL_IMPLS = ("official", "ours", "ours+lsm")
 STEP_ARMS = {
     "baseline": ["--criterion", "label_smoothed_cross_entropy"],
@@ -183,7 +186,7 @@ def kl_case(impl, tokens, vocab, device, reps):
 
 
 def benchmark_kl(args):
-    sizes = [(256, 1000), (512, 4000)] if args.quick else KL_SIZES
+    sizes = args.kl_sizes or ([(256, 1000), (512, 4000)] if args.quick else KL_SIZES)
     rows = []
     for tokens, vocab in sizes:
         for impl in KL_IMPLS:
@@ -401,12 +404,22 @@ def log(message):
     print(f"[benchmark] {message}", file=sys.stderr, flush=True)
 
 
+def kl_size(text):
+    """``NxV`` on the command line: N tokens per pass, vocabulary V."""
+    tokens, _, vocab = text.partition("x")
+    if not (tokens.isdigit() and vocab.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected TOKENSxVOCAB such as 1024x250000, got {text!r}")
+    return int(tokens), int(vocab)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (intra-op) for every case")
     parser.add_argument("--parts", nargs="+", choices=["kl", "step"], default=["kl", "step"])
     parser.add_argument("--kl-reps", type=int, default=5, help="timed repetitions per KL case")
+    parser.add_argument("--kl-sizes", nargs="+", type=kl_size,
+                        help="only these KL cases, as TOKENSxVOCAB (e.g. 1024x250000); default: the full table")
     parser.add_argument("--batches", type=int, default=6, help="Multi30k batches per round of the step benchmark")
     parser.add_argument("--step-reps", type=int, default=3, help="timed rounds over the batches (after one warm-up)")
     parser.add_argument("--max-tokens", type=int, default=2048, help="tokens per batch in the step benchmark")
