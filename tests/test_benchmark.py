@@ -3,9 +3,12 @@
 Speed and memory targets are checked by running the benchmark itself, never here.
 """
 
+import argparse
 import json
 import subprocess
 import sys
+
+import pytest
 
 from .cli import REPO
 
@@ -35,3 +38,12 @@ def test_benchmark_quick_run_prints_both_tables_and_writes_every_measurement(tmp
     for arm in step["arms"].values():
         assert len(arm["times"]) == 2 and arm["target_tokens_per_s"] > 0 and arm["peak_mib"] > 0
     assert set(step["ratios"]) >= {"ours/baseline step", "ours/upstream step", "ours/upstream peak RSS"}
+
+
+def test_the_kl_table_has_an_mbart_sized_vocabulary_and_cases_can_be_chosen():
+    from scripts import benchmark_rdrop
+
+    assert (1024, 250000) in benchmark_rdrop.KL_SIZES
+    assert benchmark_rdrop.kl_size("1024x250000") == (1024, 250000)
+    with pytest.raises(argparse.ArgumentTypeError, match="expected TOKENSxVOCAB such as 1024x250000, got '1024'"):
+        benchmark_rdrop.kl_size("1024")
