@@ -47,3 +47,25 @@ def reference_fairseq_label_smoothed_ce(lprobs, target, epsilon, keep):
         loss = loss + (1 - epsilon - eps_i) * nll + eps_i * (-row.sum())
         nll_sum = nll_sum + nll
     return loss, nll_sum
+
+
+def reference_rdrop_terms(logits, target, pad, epsilon, alpha, prefix=0):
+    """The R-Drop criterion's objective, logged sums and accuracy counts from the
+    doubled batch's logits (pass 1 in the first half), in float64."""
+    batch = target.size(0)
+    logits, target = logits[:, prefix:], target[:, prefix:]
+    keep = target.ne(pad)
+    halves = logits.double().split(batch)
+    ls, nll = zip(
+        *(reference_fairseq_label_smoothed_ce(h.log_softmax(-1), target, epsilon, keep) for h in halves)
+    )
+    kl = reference_symmetric_kl(halves[0], halves[1], keep).sum()
+    correct = sum(h.argmax(-1).eq(target)[keep].sum().item() for h in halves)
+    return {
+        "objective": sum(ls) + alpha * kl,
+        "loss": sum(ls) / 2,
+        "nll_loss": sum(nll) / 2,
+        "kl_loss": kl,
+        "n_correct": correct,
+        "total": 2 * int(keep.sum()),
+    }

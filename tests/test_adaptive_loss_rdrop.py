@@ -124,10 +124,10 @@ class Capture:
             handle.remove()
 
 
-def run(criterion, model, sample):
+def run(criterion, model, sample, reduce=True):
     capture = Capture(model)
     try:
-        objective, sample_size, log = criterion(model, sample)
+        objective, sample_size, log = criterion(model, sample, reduce=reduce)
     finally:
         capture.remove()
     return objective, sample_size, log, capture
@@ -152,30 +152,31 @@ def full_log_probs_from_logits(head_logits, tail_logits):
 
 
 def reference_fairseq_adaptive_ce(full_lprobs, target, pad):
-    """Sum over non-padding tokens of fairseq adaptive_loss's per-token CE, from the
-    full distribution: -log h(c) - log t_c(w) for a word of cluster c, with
+    """Per token (0 at padding), fairseq adaptive_loss's CE from the full
+    distribution: -log h(c) - log t_c(w) for a word of cluster c, with
     h(c) = sum of p over the cluster, except that fairseq's ignore_index also
     drops -log t_c(w) for the word at offset ``pad`` inside a cluster."""
     bounds = CUTOFF + [full_lprobs.size(-1)]
-    total = torch.zeros((), dtype=torch.float64)
-    for index in target.ne(pad).nonzero().tolist():
-        row, word = full_lprobs[tuple(index)], int(target[tuple(index)])
-        if word < bounds[0]:
-            total = total - row[word]
-            continue
-        cluster = max(i for i in range(len(CUTOFF)) if word >= bounds[i])
-        log_cluster = row[bounds[cluster] : bounds[cluster + 1]].logsumexp(-1)
-        total = total - log_cluster
-        if word - bounds[cluster] != pad:
-            total = total - (row[word] - log_cluster)
-    return total
+    rows = full_lprobs.reshape(-1, full_lprobs.size(-1))
+    per_token = []
+    for row, word in zip(rows, target.reshape(-1).tolist()):
+        if word == pad:
+            per_token.append(torch.zeros((), dtype=torch.float64))
+        elif word < bounds[0]:
+            per_token.append(-row[word])
+        else:
+            cluster = max(i for i in range(len(CUTOFF)) if word >= bounds[i])
+            log_cluster = row[bounds[cluster] : bounds[cluster + 1]].logsumexp(-1)
+            within = row[word] - log_cluster if word - bounds[cluster] != pad else 0.0
+            per_token.append(-log_cluster - within)
+    return torch.stack(per_token).view(target.shape)
 
 
 def doubled_reference(full_lprobs, target, pad, alpha):
     """Objective pieces from the doubled batch's full log-probabilities (2B, T, V);
     log-probabilities are logits too, as reference_symmetric_kl takes them."""
     first, second = full_lprobs.split(target.size(0))
-    ce = reference_fairseq_adaptive_ce(first, target, pad) + reference_fairseq_adaptive_ce(second, target, pad)
+    ce = (reference_fairseq_adaptive_ce(first, target, pad) + reference_fairseq_adaptive_ce(second, target, pad)).sum()
     kl = reference_symmetric_kl(first, second, target.ne(pad)).sum()
     return {"objective": ce + alpha * kl, "ce": ce, "kl": kl}
 
@@ -364,24 +365,30 @@ def test_the_callers_sample_is_not_mutated(task):
     assert_sample_left_untouched(sample, lambda: criterion(model, sample)[0].backward())
 
 
-def test_unreduced_losses_are_per_token_sums_over_both_passes(task):
+def test_unreduced_losses_are_per_token_the_two_passes_own_ce_plus_alpha_kl(task):
+    model = deterministic_softmax(make_lm(task))
     sample = make_sample(task, seed=13)
-    results = []
-    for reduce in (True, False):
-        model = make_lm(task)
-        torch.manual_seed(321)
-        results.append(AdaptiveLossRDrop(task, False, rdrop_alpha=1.0)(model, sample, reduce=reduce))
-    (summed, _, summed_log), (per_token, _, per_token_log) = results
-    assert per_token.shape == per_token_log["kl_loss"].shape == (sample["target"].numel(),)
-    torch.testing.assert_close(per_token.sum(), summed, rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(per_token_log["kl_loss"].sum(), summed_log["kl_loss"], rtol=1e-6, atol=1e-6)
+    objective, _, log, capture = run(AdaptiveLossRDrop(task, False, rdrop_alpha=1.5), model, sample, reduce=False)
+    pad, target = task.target_dictionary.pad(), sample["target"]
+    first, second = full_log_probs_via_get_log_prob(model, capture.features[0]).split(target.size(0))
+    ce = reference_fairseq_adaptive_ce(first, target, pad) + reference_fairseq_adaptive_ce(second, target, pad)
+    ce = ce.view(-1)
+    kl = reference_symmetric_kl(first, second, target.ne(pad)).view(-1)
+    # fairseq's adaptive_loss shape for reduce=False: one value per token of the batch
+    assert objective.shape == log["loss"].shape == log["kl_loss"].shape == (target.numel(),)
+    torch.testing.assert_close(log["loss"].double(), ce / 2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(log["kl_loss"].double(), kl, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(objective.double(), ce + 1.5 * kl, rtol=1e-5, atol=1e-6)
 
 
-def test_sentence_avg_normalises_by_sentences(task):
-    model = make_lm(task)
+def test_sentence_avg_normalises_by_sentences_and_the_objective_stays_the_sum(task):
+    model = deterministic_softmax(make_lm(task))
     sample = make_sample(task, seed=10)
-    _, sample_size, log, _ = run(AdaptiveLossRDrop(task, True), model, sample)
+    objective, sample_size, log, capture = run(AdaptiveLossRDrop(task, True, rdrop_alpha=2.0), model, sample)
+    full = full_log_probs_via_get_log_prob(model, capture.features[0])
+    ref = doubled_reference(full, sample["target"], task.target_dictionary.pad(), 2.0)
     assert sample_size == log["sample_size"] == sample["target"].size(0)
+    torch.testing.assert_close(objective.double(), ref["objective"], rtol=1e-5, atol=1e-5)
 
 
 def test_empty_batch_gives_zero_loss_and_a_working_backward(task):

@@ -10,12 +10,15 @@ import math
 
 import pytest
 import torch
-from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion, label_smoothed_nll_loss
 from fairseq.logging import metrics
 from fairseq.optim.sgd import SGD
 
-from .references import reference_fairseq_label_smoothed_ce, reference_symmetric_kl
+from rdrop_fairseq.loss import label_smoothed_nll_and_symmetric_kl
+
+from .references import reference_rdrop_terms
 from .tiny_fairseq import (
+    OutputCapture,
     assert_sample_left_untouched,
     make_criterion,
     make_model,
@@ -30,27 +33,6 @@ def task():
     return make_task()
 
 
-def _reference(logits, target, pad, epsilon, alpha, prefix=0):
-    """Objective pieces from the doubled batch's logits, in float64."""
-    batch = target.size(0)
-    logits, target = logits[:, prefix:], target[:, prefix:]
-    keep = target.ne(pad)
-    halves = logits.double().split(batch)
-    ls, nll = zip(
-        *(reference_fairseq_label_smoothed_ce(h.log_softmax(-1), target, epsilon, keep) for h in halves)
-    )
-    kl = reference_symmetric_kl(halves[0], halves[1], keep).sum()
-    correct = sum(h.argmax(-1).eq(target)[keep].sum().item() for h in halves)
-    return {
-        "objective": sum(ls) + alpha * kl,
-        "loss": sum(ls) / 2,
-        "nll_loss": sum(nll) / 2,
-        "kl_loss": kl,
-        "n_correct": correct,
-        "total": 2 * int(keep.sum()),
-    }
-
-
 def test_training_objective_equals_float64_reference_from_the_models_own_output(task):
     model, criterion = make_model(task), make_criterion(task, rdrop_alpha=5.0)
     sample = make_sample(task)
@@ -58,7 +40,7 @@ def test_training_objective_equals_float64_reference_from_the_models_own_output(
     assert len(outputs) == 1, "both passes must run in one forward call"
     logits = outputs[0]
     assert logits.size(0) == 2 * sample["target"].size(0)
-    ref = _reference(logits.detach(), sample["target"], task.target_dictionary.pad(), 0.1, 5.0)
+    ref = reference_rdrop_terms(logits.detach(), sample["target"], task.target_dictionary.pad(), 0.1, 5.0)
     assert sample_size == sample["ntokens"]
     torch.testing.assert_close(objective.double(), ref["objective"], rtol=1e-5, atol=1e-5)
 
@@ -78,7 +60,7 @@ def test_gradient_flows_through_both_passes_as_in_the_reference(task):
     objective.backward()
     logits = outputs[0]
     leaf = logits.detach().double().requires_grad_()
-    _reference(leaf, sample["target"], task.target_dictionary.pad(), 0.1, 2.0)["objective"].backward()
+    reference_rdrop_terms(leaf, sample["target"], task.target_dictionary.pad(), 0.1, 2.0)["objective"].backward()
     torch.testing.assert_close(logits.grad.double(), leaf.grad, rtol=1e-4, atol=1e-7)
     batch = sample["target"].size(0)
     assert logits.grad[:batch].abs().sum() > 0 and logits.grad[batch:].abs().sum() > 0
@@ -88,7 +70,7 @@ def test_logged_values_are_per_pass_averages_and_the_symmetric_kl(task):
     model, criterion = make_model(task), make_criterion(task, rdrop_alpha=5.0)
     sample = make_sample(task, seed=2)
     _, _, log, outputs = run_capturing_outputs(criterion, model, sample)
-    ref = _reference(outputs[0].detach(), sample["target"], task.target_dictionary.pad(), 0.1, 5.0)
+    ref = reference_rdrop_terms(outputs[0].detach(), sample["target"], task.target_dictionary.pad(), 0.1, 5.0)
     assert set(log) == {"loss", "nll_loss", "kl_loss", "ntokens", "nsentences", "sample_size", "n_correct", "total"}
     for key in ("loss", "nll_loss", "kl_loss"):
         torch.testing.assert_close(log[key].double(), ref[key], rtol=1e-5, atol=1e-5)
@@ -181,17 +163,97 @@ def test_kl_is_masked_where_ignore_prefix_size_drops_tokens(task):
     criterion = make_criterion(task, rdrop_alpha=3.0, ignore_prefix_size=2)
     sample = make_sample(task, seed=9, target_lengths=[6, 5, 4])
     objective, _, log, outputs = run_capturing_outputs(criterion, model, sample)
-    ref = _reference(outputs[0].detach(), sample["target"], task.target_dictionary.pad(), 0.1, 3.0, prefix=2)
+    pad = task.target_dictionary.pad()
+    ref = reference_rdrop_terms(outputs[0].detach(), sample["target"], pad, 0.1, 3.0, prefix=2)
     torch.testing.assert_close(objective.double(), ref["objective"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(log["kl_loss"].double(), ref["kl_loss"], rtol=1e-5, atol=1e-6)
 
 
-def test_sentence_avg_normalises_by_sentences(task):
+def test_sentence_avg_normalises_by_sentences_and_the_objective_stays_the_sum(task):
     model = make_model(task)
-    criterion = make_criterion(task, sentence_avg=True)
+    criterion = make_criterion(task, sentence_avg=True, rdrop_alpha=5.0)
     sample = make_sample(task, seed=10)
-    _, sample_size, log, _ = run_capturing_outputs(criterion, model, sample)
+    objective, sample_size, log, outputs = run_capturing_outputs(criterion, model, sample)
+    ref = reference_rdrop_terms(outputs[0].detach(), sample["target"], task.target_dictionary.pad(), 0.1, 5.0)
     assert sample_size == log["sample_size"] == sample["target"].size(0)
+    # fairseq's trainer divides by sample_size: the criterion returns the sum, as without --sentence-avg
+    torch.testing.assert_close(objective.double(), ref["objective"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["loss"].double(), ref["loss"], rtol=1e-5, atol=1e-5)
+
+
+def _run_unreduced(criterion, model, sample):
+    capture = OutputCapture(model)
+    try:
+        return (*criterion(model, sample, reduce=False), capture.logits[0].detach())
+    finally:
+        capture.remove()
+
+
+def test_on_the_rdrop_path_each_passs_loss_per_token_is_fairseqs_label_smoothed_nll_loss(task):
+    model, criterion = make_model(task), make_criterion(task, rdrop_alpha=5.0)
+    sample = make_sample(task, seed=15)
+    objective, _, log, logits = _run_unreduced(criterion, model, sample)
+    pad, target = task.target_dictionary.pad(), sample["target"]
+    lprobs = model.get_normalized_probs((logits, {}), log_probs=True)
+    # fairseq's (loss, nll_loss) of each pass, per token: (tokens, 1)
+    passes = [
+        label_smoothed_nll_loss(half.reshape(-1, half.size(-1)), target.view(-1), 0.1, ignore_index=pad, reduce=False)
+        for half in lprobs.chunk(2)
+    ]
+    terms = label_smoothed_nll_and_symmetric_kl(lprobs, target, 0.1, pad)
+    for k, (loss, nll) in enumerate(passes):
+        torch.testing.assert_close(terms.loss[k].view(-1, 1), loss, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(terms.nll_loss[k].view(-1, 1), nll, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(log["loss"], (passes[0][0] + passes[1][0]) / 2, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(log["nll_loss"], (passes[0][1] + passes[1][1]) / 2, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(objective, passes[0][0] + passes[1][0] + 5.0 * log["kl_loss"], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("prefix", [0, 2])
+def test_unreduced_outputs_have_fairseqs_per_token_shape_in_training_and_validation(task, prefix):
+    sample = make_sample(task, seed=16, target_lengths=[6, 5, 4])
+    model = make_model(task)
+    torch.manual_seed(7)
+    summed, _, summed_log = make_criterion(task, ignore_prefix_size=prefix)(model, sample)
+    torch.manual_seed(7)
+    per_token, _, log, _ = _run_unreduced(make_criterion(task, ignore_prefix_size=prefix), model, sample)
+    model.eval()
+    with torch.no_grad():
+        theirs, _, their_log = LabelSmoothedCrossEntropyCriterion(task, False, 0.1, ignore_prefix_size=prefix)(
+            model, sample, reduce=False
+        )
+        ours_eval, _, our_eval_log = make_criterion(task, ignore_prefix_size=prefix)(model, sample, reduce=False)
+    tokens = sample["target"][:, prefix:].numel()
+    assert theirs.shape == their_log["loss"].shape == (tokens, 1)
+    assert per_token.shape == ours_eval.shape == theirs.shape
+    assert log["loss"].shape == log["nll_loss"].shape == log["kl_loss"].shape == our_eval_log["nll_loss"].shape
+    torch.testing.assert_close(per_token.sum(), summed, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(log["kl_loss"].sum(), summed_log["kl_loss"], rtol=1e-6, atol=1e-6)
+
+
+def test_prefix_slicing_and_accuracy_are_fairseqs_own_methods(task, monkeypatch):
+    """A change in fairseq's get_lprobs_and_target or compute_accuracy reaches the R-Drop path."""
+
+    def drop_the_first_two_positions(self, model, net_output, sample):
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)[:, 2:]
+        return lprobs.reshape(-1, lprobs.size(-1)), model.get_targets(sample, net_output)[:, 2:].reshape(-1)
+
+    calls = []
+
+    def count_correct(self, model, net_output, sample):
+        calls.append(sample["target"])
+        return torch.tensor(7), torch.tensor(9)
+
+    monkeypatch.setattr(LabelSmoothedCrossEntropyCriterion, "get_lprobs_and_target", drop_the_first_two_positions)
+    monkeypatch.setattr(LabelSmoothedCrossEntropyCriterion, "compute_accuracy", count_correct)
+    model, criterion = make_model(task), make_criterion(task, rdrop_alpha=3.0)
+    sample = make_sample(task, seed=17, target_lengths=[6, 5, 4])
+    objective, _, log, outputs = run_capturing_outputs(criterion, model, sample)
+    ref = reference_rdrop_terms(outputs[0].detach(), sample["target"], task.target_dictionary.pad(), 0.1, 3.0, prefix=2)
+    torch.testing.assert_close(objective.double(), ref["objective"], rtol=1e-5, atol=1e-5)
+    assert (log["n_correct"], log["total"]) == (7, 9)
+    [both_targets] = calls
+    assert torch.equal(both_targets, torch.cat([sample["target"], sample["target"]]))
 
 
 def test_ddp_dummy_batch_contributes_no_gradient(task):

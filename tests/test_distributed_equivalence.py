@@ -46,18 +46,17 @@ import torch
 from fairseq.criterions import register_criterion
 from rdrop_fairseq.criterions.label_smoothed_cross_entropy_rdrop import (
     LabelSmoothedCrossEntropyRDropCriterion, LabelSmoothedCrossEntropyRDropCriterionConfig)
-from rdrop_fairseq.criterions.rdrop_common import trainer_num_updates
 
 @register_criterion("rdrop_recording", dataclass=LabelSmoothedCrossEntropyRDropCriterionConfig)
 class RDropRecording(LabelSmoothedCrossEntropyRDropCriterion):
     def forward(self, model, sample, reduce=True):
         ids = int(sample["id"].sum())
         if model.training:
-            torch.manual_seed(ids + 100003 * trainer_num_updates())
+            torch.manual_seed(ids + 100003 * self.num_updates_done())
         loss, sample_size, log = super().forward(model, sample, reduce)
         if model.training:
             with open(os.environ["RDROP_RECORD"] + f".{os.getpid()}", "a") as f:
-                f.write(json.dumps({"update": trainer_num_updates() + 1, "ids": ids, "kl_loss": float(log["kl_loss"]),
+                f.write(json.dumps({"update": self.num_updates_done() + 1, "ids": ids, "kl_loss": float(log["kl_loss"]),
                                     "ntokens": int(log["ntokens"])}) + "\\n")
         return loss, sample_size, log
 """

@@ -8,11 +8,15 @@ tests/test_loss.py; a bad warm-up length in tests/test_warmup_alpha.py; a negati
 fairseq-train in tests/test_cli_end_to_end.py.
 """
 
+import logging
+
 import pytest
 import torch
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 
 from .cli import COMMON_TRAIN, TINY_TRANSFORMER, run_tool
-from .tiny_fairseq import make_criterion, make_model, make_sample, make_task
+from .references import reference_rdrop_terms
+from .tiny_fairseq import make_criterion, make_model, make_sample, make_task, run_capturing_outputs
 
 
 @pytest.fixture(scope="module")
@@ -20,20 +24,49 @@ def task():
     return make_task()
 
 
+@pytest.mark.parametrize("prefix", [-1, 1024, 2000])
+def test_an_ignore_prefix_size_no_batch_can_satisfy_stops_start_up_naming_the_flag(task, prefix):
+    # the task's targets are at most --max-target-positions (1024) tokens long
+    message = "must be >= 0, got -1" if prefix < 0 else f"--ignore-prefix-size {prefix} leaves out every target token"
+    with pytest.raises(ValueError, match=message):
+        make_criterion(task, ignore_prefix_size=prefix)
+
+
 @pytest.mark.parametrize("prefix", [6, 9])
-@pytest.mark.parametrize("training", [True, False])
-def test_ignore_prefix_size_at_or_beyond_the_target_length_names_the_flag(task, prefix, training):
-    model = make_model(task)
-    model.train(training)
-    criterion = make_criterion(task, ignore_prefix_size=prefix)
-    with pytest.raises(ValueError, match=f"--ignore-prefix-size {prefix} drops every target token of this batch"):
-        criterion(model, make_sample(task, tgt_len=6))
+def test_a_training_batch_with_nothing_after_the_prefix_counts_as_empty_with_one_warning(task, prefix, caplog):
+    model, criterion = make_model(task), make_criterion(task, ignore_prefix_size=prefix)
+    real = criterion(model, make_sample(task, tgt_len=prefix + 2))[2]
+    with caplog.at_level(logging.WARNING):
+        outputs = [criterion(model, make_sample(task, tgt_len=6, seed=seed)) for seed in (1, 2)]
+    for objective, sample_size, log in outputs:
+        objective.backward()
+        assert objective.item() == 0.0 and sample_size == 0 and log.keys() == real.keys()
+        assert all(value == 0 for value in log.values())
+    assert all(p.grad is None or p.grad.eq(0).all() for p in model.parameters())
+    [warning] = [r.getMessage() for r in caplog.records if "leaves no target token" in r.getMessage()]
+    assert f"--ignore-prefix-size {prefix} leaves no target token in a training batch whose targets are " \
+        "at most 6 tokens long" in warning
 
 
 def test_ignore_prefix_size_below_the_target_length_trains(task):
     criterion = make_criterion(task, ignore_prefix_size=5)
     objective, _, log = criterion(make_model(task), make_sample(task, tgt_len=6))
     assert torch.isfinite(objective) and objective > 0 and log["kl_loss"] > 0
+
+
+@pytest.mark.parametrize("alpha", [0.0, 5.0])
+def test_validation_and_alpha_zero_of_a_batch_with_nothing_after_the_prefix_are_fairseqs(task, alpha):
+    model = make_model(task)
+    model.train(alpha == 0.0)
+    sample = make_sample(task, tgt_len=6)
+    fairseq = LabelSmoothedCrossEntropyCriterion(task, False, 0.1, ignore_prefix_size=6, report_accuracy=True)
+    torch.manual_seed(0)
+    ours = make_criterion(task, rdrop_alpha=alpha, ignore_prefix_size=6)(model, sample)
+    torch.manual_seed(0)
+    theirs = fairseq(model, sample)
+    assert torch.equal(ours[0], theirs[0]) and ours[1] == theirs[1] == sample["ntokens"]
+    assert ours[2].keys() == theirs[2].keys()
+    assert all(torch.equal(torch.as_tensor(ours[2][k]), torch.as_tensor(theirs[2][k])) for k in ours[2])
 
 
 class DropsTheSecondCopy(torch.nn.Module):
@@ -70,11 +103,12 @@ def test_half_precision_model_with_huge_logits_gives_finite_loss_kl_and_gradient
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_an_alpha_so_large_that_the_kl_dominates_stays_finite(task):
-    model = make_model(task)
-    objective, _, log = make_criterion(task, rdrop_alpha=1e8)(model, make_sample(task, seed=4))
+def test_an_alpha_so_large_that_the_kl_dominates_gives_the_exact_objective_and_finite_gradients(task):
+    model, sample = make_model(task), make_sample(task, seed=4)
+    objective, _, log, outputs = run_capturing_outputs(make_criterion(task, rdrop_alpha=1e8), model, sample)
     objective.backward()
-    assert torch.isfinite(objective) and objective > 1e6 * log["kl_loss"]
+    ref = reference_rdrop_terms(outputs[0].detach(), sample["target"], task.target_dictionary.pad(), 0.1, 1e8)
+    torch.testing.assert_close(objective.double(), ref["objective"], rtol=1e-5, atol=0.0)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
@@ -82,7 +116,8 @@ def test_an_alpha_so_large_that_the_kl_dominates_stays_finite(task):
     "flags, message",
     [
         (["--rdrop-alpha-warmup-updates", "-5"], "--rdrop-alpha-warmup-updates must be a whole number of updates >= 0, got -5"),
-        (["--ignore-prefix-size", "1000"], "--ignore-prefix-size 1000 drops every target token of this batch"),
+        (["--ignore-prefix-size", "64", "--max-target-positions", "64"],
+         "--ignore-prefix-size 64 leaves out every target token: this task's targets are at most 64 tokens long"),
     ],
 )
 def test_fairseq_train_stops_with_the_flag_named(multi30k_bin, flags, message):  # noqa: F811

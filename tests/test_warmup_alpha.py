@@ -6,6 +6,8 @@ it the same way. The end-to-end run through fairseq-train, resumed half-way,
 is in tests/test_resume.py.
 """
 
+import logging
+
 import pytest
 import torch
 from fairseq.data import Dictionary
@@ -50,8 +52,8 @@ def test_no_warmup_is_the_constant_alpha_from_the_first_update():
     assert warmed_up_alpha(5.0, 0, 0) == 5.0 and warmed_up_alpha(5.0, 0, 7) == 5.0
 
 
-def test_the_update_count_is_the_trainers_latest_and_zero_before_any_update():
-    assert trainer_num_updates() == 0
+def test_the_update_count_is_the_trainers_latest_and_none_before_any_update():
+    assert trainer_num_updates() is None
     for count in (1, 2, 3):
         trainer_updates(count)
     assert trainer_num_updates() == 3
@@ -131,6 +133,34 @@ def test_adaptive_loss_rdrop_warms_up_the_same_way():
     expected = 2 * log["loss"].double() + 0.5 * log["kl_loss"].double()
     torch.testing.assert_close(objective.detach().double(), expected, rtol=1e-5, atol=1e-5)
     assert log["rdrop_alpha_x_nsentences"] == pytest.approx(0.5 * log["nsentences"])
+
+
+def _alpha_used(criterion, model, sample):
+    """The alpha an R-Drop forward weighed the KL with, from its objective and log."""
+    objective, _, log = criterion(model, sample)
+    return float((objective.detach().double() - 2 * log["loss"].double()) / log["kl_loss"].double())
+
+
+def test_outside_fairseqs_trainer_alpha_follows_set_num_updates_and_without_it_warns_once(task, caplog):
+    criterion = make_criterion(task, rdrop_alpha=4.0, rdrop_alpha_warmup_updates=4)
+    model, sample = make_model(task), make_sample(task)
+    with caplog.at_level(logging.WARNING):
+        alphas = [_alpha_used(criterion, model, sample) for _ in range(3)]
+    warnings = [r.getMessage() for r in caplog.records if "no update count" in r.getMessage()]
+    assert alphas == pytest.approx([0.0] * 3, abs=1e-3)
+    assert len(warnings) == 1 and "--rdrop-alpha-warmup-updates 4" in warnings[0]
+    assert "criterion.set_num_updates(" in warnings[0]
+    criterion.set_num_updates(3)
+    trainer_updates(1)  # the count given explicitly comes first
+    assert _alpha_used(criterion, model, sample) == pytest.approx(3.0, abs=1e-3)
+
+
+def test_fairseq_trains_its_first_update_with_alpha_zero_and_no_warning(task, caplog):
+    criterion = make_criterion(task, rdrop_alpha=4.0, rdrop_alpha_warmup_updates=4)
+    with caplog.at_level(logging.WARNING), metrics.aggregate("train"), metrics.aggregate("train_inner"):
+        alpha = _alpha_used(criterion, make_model(task), make_sample(task))
+    assert alpha == pytest.approx(0.0, abs=1e-3)
+    assert not [r for r in caplog.records if "no update count" in r.getMessage()]
 
 
 @pytest.mark.parametrize("updates", [-1, 2.5, True])

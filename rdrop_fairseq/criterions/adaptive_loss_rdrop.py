@@ -39,7 +39,8 @@ log-probabilities are kept for backward, so the R-Drop term needs about as much
 memory as one float32 tokens x vocabulary tensor. Validation and
 ``--rdrop-alpha 0`` are exactly fairseq's ``adaptive_loss``: one pass.
 With ``--rdrop-alpha-warmup-updates N``, alpha rises linearly from 0 over the
-first N updates of the trainer's count (``rdrop_common.trainer_num_updates``).
+first N updates of the trainer's count (``rdrop_common.trainer_num_updates``),
+or of the count given to ``set_num_updates`` in another training loop.
 
 Logged (base 2, per token): ``loss`` and ``nll_loss`` are the average of the two
 passes' CE, comparable with validation; ``kl_loss`` is the symmetric KL.

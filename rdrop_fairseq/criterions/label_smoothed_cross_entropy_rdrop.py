@@ -10,8 +10,12 @@ with ``sample_size`` the original batch's ``ntokens`` (or ``nsentences`` under
 ``--sentence-avg``), the normalisation of the official R-Drop code. Validation,
 generation and ``--rdrop-alpha 0`` are exactly fairseq's
 ``label_smoothed_cross_entropy``: one pass, nothing doubled.
+``--ignore-prefix-size`` at or beyond the task's longest target stops start-up;
+a training batch whose targets are all within the prefix counts as empty
+(zero loss, one warning), while validation adds 0 for it as fairseq does.
 With ``--rdrop-alpha-warmup-updates N``, alpha rises linearly from 0 over the
-first N updates of the trainer's count (``rdrop_common.trainer_num_updates``).
+first N updates of the trainer's count (``rdrop_common.trainer_num_updates``),
+or of the count given to ``set_num_updates`` in another training loop.
 
 Logged (base 2, per token): ``loss`` and ``nll_loss`` are the average of the
 two passes, so they compare with validation and with a baseline; ``kl_loss``
@@ -19,8 +23,10 @@ is the symmetric KL. The objective per token, in bits, is therefore
 ``2 * loss + alpha * kl_loss``.
 """
 
+import logging
 from dataclasses import dataclass, field
 
+import torch
 from fairseq import utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
@@ -30,6 +36,33 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 
 from rdrop_fairseq.criterions.rdrop_common import RDropCriterionMixin, rdrop_alpha_warmup_field
 from rdrop_fairseq.loss import label_smoothed_nll_and_symmetric_kl
+
+logger = logging.getLogger(__name__)
+
+
+def longest_target(task):
+    """The task's bound on target length, if it declares one: the second entry
+    of a (source, target) ``max_positions()``, as translation tasks give."""
+    positions = task.max_positions()
+    if isinstance(positions, tuple) and len(positions) == 2 and isinstance(positions[1], int):
+        return positions[1]
+    return None
+
+
+def check_ignore_prefix_size(prefix: int, task) -> None:
+    """Rejects a prefix that no batch can satisfy, before training starts."""
+    if prefix < 0:
+        raise ValueError(
+            f"--ignore-prefix-size must be >= 0, got {prefix}: the number of leading target tokens "
+            "to leave out of the loss, e.g. 1 for a language tag"
+        )
+    longest = longest_target(task)
+    if longest is not None and prefix >= longest:
+        raise ValueError(
+            f"--ignore-prefix-size {prefix} leaves out every target token: this task's targets are at most "
+            f"{longest} tokens long (--max-target-positions, end of sentence included); it must be smaller: "
+            "the number of leading target tokens to skip, e.g. 1 for a language tag"
+        )
 
 
 @dataclass
@@ -51,6 +84,7 @@ class LabelSmoothedCrossEntropyRDropCriterionConfig(LabelSmoothedCrossEntropyCri
 )
 class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothedCrossEntropyCriterion):
     criterion_name = "label_smoothed_cross_entropy_rdrop"
+    warned_nothing_after_prefix = False
 
     def __init__(
         self,
@@ -70,26 +104,28 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
             report_accuracy=report_accuracy,
         )
         self.configure_rdrop(rdrop_alpha, rdrop_alpha_warmup_updates)
+        check_ignore_prefix_size(ignore_prefix_size, task)
 
     def forward(self, model, sample, reduce=True):
         self.require_target(sample)
         if sample["target"].numel() == 0:
             return self.empty_batch_output(model)
-        self.check_ignore_prefix_size(sample["target"])
         if not self.rdrop_active(model):
             return super().forward(model, sample, reduce=reduce)
+        if sample["target"].size(1) <= self.ignore_prefix_size:
+            self.warn_nothing_after_prefix(sample["target"].size(1))
+            return self.empty_batch_output(model)
 
         net_output, target = self.forward_both_passes(model, sample)
-        lprobs = model.get_normalized_probs(net_output, log_probs=True)
-        if self.ignore_prefix_size > 0:
-            lprobs = lprobs[:, self.ignore_prefix_size :]
-            target = target[:, self.ignore_prefix_size :]
-        terms = label_smoothed_nll_and_symmetric_kl(lprobs, target, self.eps, self.padding_idx)
+        # fairseq's own prefix slicing and flattening: 2B x T' rows, pass 1 first,
+        # and the B x T' targets of the original batch
+        lprobs, flat_target = self.get_lprobs_and_target(model, net_output, sample)
+        terms = label_smoothed_nll_and_symmetric_kl(lprobs, flat_target, self.eps, self.padding_idx)
         if reduce:
             loss, nll_loss, kl_loss = terms.loss.sum(), terms.nll_loss.sum(), terms.kl.sum()
         else:
-            # per token of the original batch, the two passes added
-            loss, nll_loss, kl_loss = terms.loss.sum(0).view(-1), terms.nll_loss.sum(0).view(-1), terms.kl.view(-1)
+            # per token of the original batch, the two passes added, in fairseq's (tokens, 1) shape
+            loss, nll_loss, kl_loss = (x.unsqueeze(-1) for x in (terms.loss.sum(0), terms.nll_loss.sum(0), terms.kl))
         alpha = self.alpha_now()
         objective = loss + alpha * kl_loss
 
@@ -105,11 +141,10 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
         }
         self.log_alpha(logging_output, alpha)
         if self.report_accuracy:
-            both_targets = target.repeat(2, *([1] * (target.dim() - 1)))
-            keep = both_targets.ne(self.padding_idx)
-            n_correct = lprobs.argmax(-1).eq(both_targets).logical_and(keep).sum()
+            both_passes = {**sample, "target": torch.cat([target, target])}
+            n_correct, total = self.compute_accuracy(model, net_output, both_passes)
             logging_output["n_correct"] = utils.item(n_correct.data)
-            logging_output["total"] = utils.item(keep.sum().data)
+            logging_output["total"] = utils.item(total.data)
         return objective, sample_size, logging_output
 
     def empty_batch_output(self, model):
@@ -123,13 +158,16 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
             logging_output.update(n_correct=0, total=0)
         return self.zero_loss(model), 0, logging_output
 
-    def check_ignore_prefix_size(self, target) -> None:
-        if self.ignore_prefix_size >= target.size(1):
-            raise ValueError(
-                f"--ignore-prefix-size {self.ignore_prefix_size} drops every target token of this "
-                f"batch, whose targets are at most {target.size(1)} tokens long (end of sentence "
-                "included), so there is nothing to learn from; it must be smaller than the "
-                "target length: the number of leading tokens to skip, e.g. 1 for a language tag"
+    def warn_nothing_after_prefix(self, target_length: int) -> None:
+        if not self.warned_nothing_after_prefix:
+            self.warned_nothing_after_prefix = True
+            logger.warning(
+                "--ignore-prefix-size %d leaves no target token in a training batch whose targets are at most "
+                "%d tokens long (end of sentence included), e.g. one of end-of-sentence tokens only; such "
+                "batches count as empty (zero loss, no gradient), as validation adds 0 for them. Lower "
+                "--ignore-prefix-size if many batches are this short (warned once)",
+                self.ignore_prefix_size,
+                target_length,
             )
 
     @classmethod

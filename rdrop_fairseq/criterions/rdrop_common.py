@@ -4,6 +4,7 @@ doubled forward pass, batches with nothing to learn, and the logged metrics."""
 import logging
 import math
 from dataclasses import field
+from typing import Optional
 
 import torch
 from fairseq import utils
@@ -52,8 +53,8 @@ def warmed_up_alpha(alpha: float, warmup_updates: int, num_updates: int) -> floa
     return alpha * min(1.0, num_updates / warmup_updates)
 
 
-def trainer_num_updates() -> int:
-    """The number of updates fairseq's Trainer has completed.
+def trainer_num_updates() -> Optional[int]:
+    """The number of updates fairseq's Trainer has completed, None if it logged none.
 
     Criteria are not given the update count, but ``Trainer.set_num_updates``
     logs it as the ``num_updates`` metric (weight 0, so a meter's value is the
@@ -65,15 +66,22 @@ def trainer_num_updates() -> int:
     ``--update-freq``, with any task, and after a resume. (The active
     aggregators, not ``get_meter("default", ...)``: loading a checkpoint
     replaces the named aggregators with the saved ones, which stay frozen
-    while the original root keeps receiving.) 0 before the first update, when
-    nothing is logged yet, and in validation, which aggregates apart; alpha
-    plays no part there.
+    while the original root keeps receiving.) None before the Trainer's first
+    update, outside its training loop, and in validation, which aggregates
+    apart; alpha plays no part there.
     """
     for aggregator in metrics.get_active_aggregators():
         meter = aggregator.get("num_updates")
         if meter is not None and meter.val is not None:
             return int(meter.val)
-    return 0
+    return None
+
+
+def in_fairseq_training_loop() -> bool:
+    """Whether fairseq-train's loop is running, which wraps every update in the
+    ``train_inner`` metrics aggregator."""
+    inner = metrics.get_meters("train_inner")
+    return inner is not None and any(aggregator is inner for aggregator in metrics.get_active_aggregators())
 
 
 def has_active_dropout(model: torch.nn.Module) -> bool:
@@ -96,6 +104,8 @@ class RDropCriterionMixin:
 
     criterion_name = "R-Drop criterion"
     dropout_checked = False
+    given_num_updates: Optional[int] = None
+    warned_no_update_count = False
 
     def configure_rdrop(self, rdrop_alpha: float, rdrop_alpha_warmup_updates: int) -> None:
         check_rdrop_alpha(rdrop_alpha)
@@ -103,9 +113,37 @@ class RDropCriterionMixin:
         self.rdrop_alpha = rdrop_alpha
         self.rdrop_alpha_warmup_updates = rdrop_alpha_warmup_updates
 
+    def set_num_updates(self, num_updates: int) -> None:
+        """Tells the alpha warm-up how many updates are done before the next one.
+
+        For training loops other than fairseq's Trainer, whose count the
+        criterion reads by itself; once called, this count is used instead.
+        """
+        self.given_num_updates = num_updates
+
     def alpha_now(self) -> float:
         """The alpha of the current update: --rdrop-alpha after the warm-up."""
-        return warmed_up_alpha(self.rdrop_alpha, self.rdrop_alpha_warmup_updates, trainer_num_updates())
+        if self.rdrop_alpha_warmup_updates == 0:
+            return self.rdrop_alpha
+        return warmed_up_alpha(self.rdrop_alpha, self.rdrop_alpha_warmup_updates, self.num_updates_done())
+
+    def num_updates_done(self) -> int:
+        if self.given_num_updates is not None:
+            return self.given_num_updates
+        count = trainer_num_updates()
+        if count is not None:
+            return count
+        # Before fairseq-train's first update nothing is logged yet and 0 is right;
+        # elsewhere nothing ever will be, and alpha would stay 0 for good.
+        if not self.warned_no_update_count and not in_fairseq_training_loop():
+            self.warned_no_update_count = True
+            logger.warning(
+                "--rdrop-alpha-warmup-updates %d has no update count to follow (fairseq's Trainer logs "
+                "it; this training loop does not), so alpha stays 0 and the KL term has no effect; "
+                "call criterion.set_num_updates(updates_done) before each update",
+                self.rdrop_alpha_warmup_updates,
+            )
+        return 0
 
     def log_alpha(self, logging_output, alpha: float) -> None:
         """With warm-up, adds the alpha used, in a form that sums over micro-batches
