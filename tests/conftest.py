@@ -29,3 +29,10 @@ def multi30k_bin(tmp_path_factory):
         "--destdir", root / "bin", "--workers", 1,
     )
     return root
+
+
+@pytest.fixture
+def cuda_hidden(monkeypatch):
+    """The recipes' CPU fallback on any machine: the scripts ask torch for a GPU
+    in a subprocess, which then sees none."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

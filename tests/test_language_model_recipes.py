@@ -104,7 +104,7 @@ def test_scripts_name_the_problem_before_looking_for_tools(script, args, env, me
     assert_script_fails_fast(EXAMPLES / script, args, env, message)
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU fallback")
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU fallback, on a GPU machine too
 def test_transformer_recipe_has_the_papers_settings_and_batch(tmp_path):
     args = _train_command_line(tmp_path, "transformer")
     assert args[1:3] == ["--user-dir", str(REPO / "rdrop_fairseq")]
@@ -122,7 +122,7 @@ def test_transformer_recipe_has_the_papers_settings_and_batch(tmp_path):
     assert args[-2:] == ["--log-interval", "7"]
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU fallback")
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU fallback, on a GPU machine too
 def test_adaptive_input_recipe_has_fairseqs_schedule_and_the_adaptive_criterion(tmp_path):
     args = _train_command_line(tmp_path, "adaptive", RDROP_ALPHA="0")
     for flag, value in [("--arch", "transformer_lm_wiki103"), ("--criterion", "adaptive_loss_rdrop"),

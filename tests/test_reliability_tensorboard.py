@@ -6,10 +6,10 @@ import struct
 from collections import defaultdict
 
 import pytest
+# requirements.txt installs tensorboardX: without it this is an error, not a skip
+from tensorboardX.proto import event_pb2
 
 from .cli import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, run_tool
-
-event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
 
 
 def read_scalars(event_dir):

@@ -204,7 +204,7 @@ def _flag(args, name):
     return args[args.index(name) + 1]
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU fallback")
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU fallback, on a GPU machine too
 def test_train_command_line_is_the_papers_recipe(tmp_path):
     r, args = _train_args(tmp_path, "--log-interval", "7")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -229,7 +229,7 @@ def test_train_command_line_is_the_papers_recipe(tmp_path):
     assert "1 GPU(s) x 1024 tokens x update-freq 64 = 65536 tokens per update" in r.stderr
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU fallback")
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU fallback, on a GPU machine too
 def test_train_keeps_the_papers_tokens_per_update_when_max_tokens_changes(tmp_path):
     r, args = _train_args(tmp_path, MAX_TOKENS="3000", RDROP_ALPHA="0")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -244,7 +244,7 @@ def test_train_keeps_the_papers_tokens_per_update_when_max_tokens_changes(tmp_pa
     ({"MAX_TOKENS": "0"}, "MAX_TOKENS must be a positive integer"),
     ({"NUM_GPUS": "2"}, "no CUDA device found, so NUM_GPUS must be 1"),
 ])
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU fallback")
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU fallback, on a GPU machine too
 def test_train_rejects_bad_settings(tmp_path, env, message):
     r, _ = _train_args(tmp_path, **env)
     assert r.returncode != 0 and message in r.stderr, r.stderr

@@ -541,7 +541,7 @@ def _flag(args, name):
     return args[args.index(name) + 1]
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU fallback")
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU fallback, on a GPU machine too
 def test_train_iwslt14_command_line(tmp_path):
     args, _ = _run_train(tmp_path, "train_iwslt14.sh", "de", "en", RDROP_ALPHA="0", MAX_UPDATE="10")
     assert _flag(args, "--arch") == "transformer_iwslt_de_en" and "--share-all-embeddings" in args
@@ -559,7 +559,7 @@ def test_train_iwslt14_command_line(tmp_path):
     assert args[-2:] == ["--log-interval", "7"]  # passthrough last, so it can override
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU fallback")
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU fallback, on a GPU machine too
 def test_train_wmt14_command_line_and_averaging(tmp_path):
     args, r = _run_train(tmp_path, "train_wmt14.sh", "en", "de", AVG_CHECKPOINTS="10")
     assert _flag(args, "--arch") == "transformer_vaswani_wmt_en_de_big"
