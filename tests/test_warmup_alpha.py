@@ -146,6 +146,7 @@ def test_outside_fairseqs_trainer_alpha_follows_set_num_updates_and_without_it_w
     model, sample = make_model(task), make_sample(task)
     with caplog.at_level(logging.WARNING):
         alphas = [_alpha_used(criterion, model, sample) for _ in range(3)]
+        assert _alpha_used(make_criterion(task, rdrop_alpha=4.0), model, sample) == pytest.approx(4.0, abs=1e-3)
     warnings = [r.getMessage() for r in caplog.records if "no update count" in r.getMessage()]
     assert alphas == pytest.approx([0.0] * 3, abs=1e-3)
     assert len(warnings) == 1 and "--rdrop-alpha-warmup-updates 4" in warnings[0]

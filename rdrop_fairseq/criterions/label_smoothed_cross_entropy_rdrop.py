@@ -163,7 +163,7 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
             self.warned_nothing_after_prefix = True
             logger.warning(
                 "--ignore-prefix-size %d leaves no target token in a training batch whose targets are at most "
-                "%d tokens long (end of sentence included), e.g. one of end-of-sentence tokens only; such "
+                "%d tokens long (end of sentence included), e.g. end-of-sentence tokens only; such "
                 "batches count as empty (zero loss, no gradient), as validation adds 0 for them. Lower "
                 "--ignore-prefix-size if many batches are this short (warned once)",
                 self.ignore_prefix_size,

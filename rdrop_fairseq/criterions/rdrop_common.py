@@ -123,11 +123,10 @@ class RDropCriterionMixin:
 
     def alpha_now(self) -> float:
         """The alpha of the current update: --rdrop-alpha after the warm-up."""
-        if self.rdrop_alpha_warmup_updates == 0:
-            return self.rdrop_alpha
         return warmed_up_alpha(self.rdrop_alpha, self.rdrop_alpha_warmup_updates, self.num_updates_done())
 
     def num_updates_done(self) -> int:
+        """The count given to ``set_num_updates``, else fairseq's Trainer's, else 0."""
         if self.given_num_updates is not None:
             return self.given_num_updates
         count = trainer_num_updates()
@@ -135,13 +134,14 @@ class RDropCriterionMixin:
             return count
         # Before fairseq-train's first update nothing is logged yet and 0 is right;
         # elsewhere nothing ever will be, and alpha would stay 0 for good.
-        if not self.warned_no_update_count and not in_fairseq_training_loop():
+        warmup = self.rdrop_alpha_warmup_updates
+        if warmup and not self.warned_no_update_count and not in_fairseq_training_loop():
             self.warned_no_update_count = True
             logger.warning(
                 "--rdrop-alpha-warmup-updates %d has no update count to follow (fairseq's Trainer logs "
                 "it; this training loop does not), so alpha stays 0 and the KL term has no effect; "
                 "call criterion.set_num_updates(updates_done) before each update",
-                self.rdrop_alpha_warmup_updates,
+                warmup,
             )
         return 0
 
