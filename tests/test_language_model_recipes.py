@@ -22,9 +22,6 @@ EXAMPLES = REPO / "examples" / "language_model"
 SCRIPTS = ["prepare_wikitext103.sh", "train_wikitext103.sh", "evaluate_wikitext103.sh", "run_demo.sh"]
 MISSING = "/nonexistent/rdrop-data"
 ECHO_TRAIN = f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n"
-TINY_LM = ["--decoder-layers", "1", "--decoder-embed-dim", "32", "--decoder-input-dim", "32",
-           "--decoder-output-dim", "32", "--decoder-ffn-embed-dim", "64", "--decoder-attention-heads", "2",
-           "--tokens-per-sample", "64", "--max-tokens", "512", "--update-freq", "1", "--num-workers", "0"]
 
 
 def _env(**extra):
@@ -116,8 +113,8 @@ def test_transformer_recipe_has_the_papers_settings_and_batch(tmp_path):
                         ("--warmup-init-lr", "1e-07"), ("--tokens-per-sample", "512"),
                         ("--sample-break-mode", "none"), ("--max-update", "50000"), ("--seed", "1")]:
         assert _flag(args, flag) == value, flag
-    # one GPU: 128 batches of 2048 tokens per update, the official 8 x 16 x 2000 rounded to whole samples
-    assert (_flag(args, "--max-tokens"), _flag(args, "--update-freq")) == ("2048", "128")
+    # one GPU: the official 8 GPUs x 16 batches of --max-tokens 2000 as 128 batches
+    assert (_flag(args, "--max-tokens"), _flag(args, "--update-freq")) == ("2000", "128")
     assert "--share-decoder-input-output-embed" in args and "--cpu" in args and "--fp16" not in args
     assert args[-2:] == ["--log-interval", "7"]
 
@@ -153,21 +150,40 @@ def test_prepare_binarizes_the_zip_with_one_dictionary(wikitext_bin):
     assert {"the", "@-@", "="} <= words  # WikiText tokens, words not pieces
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("model,extra", [
-    ("transformer", []),
-    ("adaptive", ["--adaptive-input-cutoff", "500,1500", "--adaptive-softmax-cutoff", "500,1500"]),
+def test_official_batch_of_max_tokens_2000_is_three_512_token_samples(wikitext_bin):
+    """fairseq's batching of the recipe's 512-token blocks: --max-tokens 2000
+    gives batches of 3 samples, so 128 batches are 384 samples (196,608 tokens)."""
+    import numpy as np
+    from fairseq.data import data_utils
+
+    sizes = np.full(1000, 512)
+    batches = data_utils.batch_by_size(np.arange(1000), lambda i: 512, max_tokens=2000, num_tokens_vec=sizes)
+    assert {len(b) for b in batches} == {3, 1} and sum(len(b) == 3 for b in batches) == 333
+    assert 128 * 3 * 512 == 196_608
+
+
+@pytest.mark.parametrize("model", [
+    "transformer",
+    pytest.param("adaptive", marks=pytest.mark.slow),
 ])
-def test_recipe_trains_a_tiny_model_with_r_drop_and_evaluates_it(wikitext_bin, tmp_path, model, extra):
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU path, on a GPU machine too
+def test_smoke_mode_trains_a_tiny_model_with_r_drop_and_evaluates_it(wikitext_bin, tmp_path, model):
+    """SMOKE=1: the recipe's command line, a tiny model, 3 updates, then evaluate_wikitext103.sh."""
     data, _ = wikitext_bin
-    r = _bash("train_wikitext103.sh", model, *TINY_LM, *extra, DATA=data, SAVE_DIR=tmp_path, MAX_UPDATE="2")
+    r = _bash("train_wikitext103.sh", model, SMOKE="1", DATA=data, SAVE_DIR=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = [line for line in r.stdout.splitlines() if "| train |" in line][-1]
-    assert "num_updates 2" in summary and "kl_loss" in summary
-    r = _bash("evaluate_wikitext103.sh", tmp_path / "checkpoint_best.pt", DATA=data, TOKENS_PER_SAMPLE="64",
-              CONTEXT_WINDOW="32")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert "num_updates 3" in summary and "kl_loss" in summary
+    assert f"--arch {'transformer_lm_gpt' if model == 'transformer' else 'transformer_lm_wiki103'}" in r.stderr
     results = re.findall(r"^(\w+): Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)$", r.stdout, re.M)
     assert [subset for subset, _, _ in results] == ["valid", "test"], r.stdout
     for _, loss, ppl in results:
         assert float(ppl) == pytest.approx(2 ** float(loss), rel=1e-3)
+
+
+def test_smoke_data_is_a_slice_of_the_shipped_wikitext2(tmp_path):
+    r = _bash("prepare_wikitext103.sh", "--smoke", DATA=tmp_path / "bin")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "text" / "wiki.train.tokens").read_text(encoding="utf-8").splitlines() == head_lines(
+        WIKITEXT2 / "wiki.train.tokens.gz", 400)
+    assert (tmp_path / "bin" / "train.bin").stat().st_size > 0

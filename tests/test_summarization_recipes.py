@@ -266,38 +266,40 @@ def test_generate_defaults_are_barts_cnn_dm_inference_settings():
 # -------------------------------------------------------------- end to end
 
 
-TINY = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
-        "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2",
-        "--decoder-attention-heads", "2", "--num-workers", "0", "--max-update", "2", "--total-num-update", "2",
-        "--warmup-updates", "1", "--max-tokens", "256", "--update-freq", "1"]
+def test_smoke_preparation_binarizes_scitldr_with_the_byte_level_stand_in_bpe(tmp_path):
+    import gzip
+
+    from fairseq.data import Dictionary, data_utils
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    work, data = tmp_path / "work", tmp_path / "data-bin"
+    r = _bash("prepare_cnn_dm.sh", "--smoke", WORK=str(work), DATA=str(data))
+    assert r.returncode == 0, r.stderr[-3000:]
+    with gzip.open(REPO / "data" / "summarization" / "scitldr" / "test.jsonl.gz", "rt", encoding="utf-8") as f:
+        first = json.loads(next(f))
+    assert (data / "test.target").read_text().splitlines()[0] == " ".join(first["target"][0].split())
+    dictionary = Dictionary.load(str(data / "dict.source.txt"))
+    encoder = get_encoder(str(work / "gpt2_bpe" / "encoder.json"), str(work / "gpt2_bpe" / "vocab.bpe"))
+    dataset = data_utils.load_indexed_dataset(str(data / "test.source-target.source"), dictionary)
+    assert len(dataset) == 10
+    assert encoder.decode([int(t) for t in dictionary.string(dataset[0]).split()]) == " ".join(
+        " ".join(first["source"]).split())
 
 
 @pytest.mark.slow
-def test_tiny_bart_prepared_fine_tuned_with_rdrop_summarizes_and_scores(tmp_path):
-    """prepare -> fine-tune a tiny bart_large-shaped model from an R-Drop "pretrained"
-    checkpoint -> BARTModel.from_pretrained + sample -> ROUGE (~1 min)."""
-    work, data, bpe, _ = _prepare(tmp_path)
-    bart = tmp_path / "bart.large"
-    # The "pretrained" model: the recipe's own command line, trained from scratch.
-    _, recipe = _train_args(tmp_path / "args")
-    recipe = [a for a in recipe[1:] if a not in ("--reset-optimizer", "--reset-dataloader", "--reset-meters")]
-    recipe = recipe[:recipe.index("--restore-file")] + recipe[recipe.index("--restore-file") + 2:]
-    recipe[recipe.index("--save-dir") + 1] = str(tmp_path / "pretrain")
-    r = subprocess.run([shutil.which("fairseq-train", path=VENV_BIN), str(data), *recipe, *TINY],
-                       capture_output=True, text=True, env=_env(), timeout=600)
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU path, on a GPU machine too
+def test_smoke_mode_prepares_fine_tunes_a_stand_in_bart_summarizes_and_scores(tmp_path):
+    """SMOKE=1: SciTLDR stand-in data, a stand-in "pretrained" tiny bart_large-shaped
+    model, 2 R-Drop updates restored from it, BARTModel.from_pretrained + sample, ROUGE (~1.5 min)."""
+    data = tmp_path / "data-bin"
+    r = _bash("train_cnn_dm.sh", SMOKE="1", DATA=str(data))
     assert r.returncode == 0, r.stderr[-3000:]
-    shutil.copy(tmp_path / "pretrain" / "checkpoint_last.pt", bart / "model.pt")
-
-    ckpt = tmp_path / "ckpt"
-    r = _bash("train_cnn_dm.sh", *TINY, DATA=str(data), BART_DIR=str(bart), SAVE_DIR=str(ckpt))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Loaded checkpoint" in r.stdout + r.stderr and "kl_loss" in r.stdout + r.stderr
-
-    r = _bash("evaluate_cnn_dm.sh", "--beam", "2", "--min-len", "1", "--max-len-b", "8", "--batch-size", "1",
-              DATA=str(data), CHECKPOINT=str(ckpt / "checkpoint_best.pt"), GPT2_BPE=str(bpe))
-    assert r.returncode == 0, r.stderr[-3000:]
-    hypo = ckpt / "test.checkpoint_best.hypo"
-    assert len(hypo.read_text().splitlines()) == len(ARTICLES["test"])
-    assert "ROUGE-Lsum" in r.stdout and "2 examples, 1.00 references per example, stemming on" in r.stdout
-    scores = json.loads((ckpt / "test.checkpoint_best.rouge.json").read_text())["scores"]
+    log = r.stdout + r.stderr
+    assert f"Loaded checkpoint {tmp_path / 'bart' / 'model.pt'}" in log and "kl_loss" in log
+    assert "--arch bart_large" in r.stderr and "num_updates 2" in log
+    hypo = tmp_path / "checkpoints" / "test.checkpoint_best.hypo"
+    assert len(hypo.read_text().splitlines()) == 10
+    assert "10 examples, 1.00 references per example, stemming on" in r.stdout
+    assert "paper-comparable ROUGE-1/2/L F1 (ROUGE-L = ROUGE-Lsum, as files2rouge): " in r.stdout
+    scores = json.loads((tmp_path / "checkpoints" / "test.checkpoint_best.rouge.json").read_text())["scores"]
     assert all(0.0 <= scores[m]["fmeasure"] <= 100.0 for m in scores)

@@ -429,18 +429,19 @@ def test_binarize_shipped_bpe_slice_with_joined_dictionary(tmp_path):
     assert d.string(ds[0]) == first
 
 
-def _fake_wmt_orig(orig: Path, n=260):
+def _fake_wmt_orig(orig: Path, pair="en-de", n=260):
     from sacremoses import MosesDetokenizer
 
+    tgt = pair.split("-")[1]
     en = [MosesDetokenizer("en").detokenize(x.split()) for x in _lines("test.en", n)]
     de = [MosesDetokenizer("de").detokenize(x.split()) for x in _lines("test.de", n)]
     en[7] = "A state-of-the-art, well\u00a0known \u201cidea\u201d."
-    third = len(en) // 3
-    parts = [slice(0, third), slice(third, 2 * third), slice(2 * third, None)]
-    for (_, prefix), part in zip(prepare_wmt14.CORPORA["en-de"], parts):
+    corpora = prepare_wmt14.PROTOCOLS[pair]["corpora"]
+    parts = [slice(i * n // len(corpora), (i + 1) * n // len(corpora)) for i in range(len(corpora))]
+    for (_, prefix), part in zip(corpora, parts):
         (orig / prefix).parent.mkdir(parents=True, exist_ok=True)
         mt_prep.write_lines(orig / f"{prefix}.en", en[part])
-        mt_prep.write_lines(orig / f"{prefix}.de", de[part])
+        mt_prep.write_lines(orig / f"{prefix}.{tgt}", de[part])
 
     def sgm(path, segs):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -448,36 +449,50 @@ def _fake_wmt_orig(orig: Path, n=260):
         path.write_text("\n".join(['<srcset setid="x">', '<doc docid="d">'] + body +
                                   ["</doc>", "</srcset>"]) + "\n", encoding="utf-8")
 
-    sgm(orig / "test-full/newstest2014-deen-src.en.sgm", ["It’s a test-case.", "Second  one."])
-    sgm(orig / "test-full/newstest2014-deen-ref.de.sgm", ["Ein Test-Fall.", "Zweiter."])
-    sgm(orig / "dev/newstest2013-src.en.sgm", ["Dev sentence."])
-    sgm(orig / "dev/newstest2013-ref.de.sgm", ["Dev Satz."])
+    test = prepare_wmt14.TEST_SGM[pair]
+    sgm(orig / test.format(kind="src", lang="en"), ["It’s a test-case.", "Second  one."])
+    sgm(orig / test.format(kind="ref", lang=tgt), ["Ein Test-Fall.", "Zweiter."])
+    (orig / "dev").mkdir(exist_ok=True)
+    (orig / "dev" / "newstest2013.en").write_text("Dev sentence.\n", encoding="utf-8")
+    (orig / "dev" / "newstest2013.de").write_text("\u201eDev Satz\u201c.\n", encoding="utf-8")
     return en
 
 
-def test_prepare_wmt14_pipeline_on_local_files(tmp_path):
+def test_prepare_wmt14_en_de_is_the_scaling18_protocol(tmp_path):
     orig, out = tmp_path / "orig", tmp_path / "out"
     en = _fake_wmt_orig(orig)
     # nothing to download: every archive's files are already there
-    prepare_wmt14.fetch(orig, "en-de", "newstest2013", False, download=False)
+    prepare_wmt14.fetch(orig, "en-de", download=False)
     prepare_wmt14.prepare(orig, out, "en-de", bpe_merges=150)
-    tok = (out / "tmp" / "train.en").read_text().splitlines()
-    assert len(tok) == len(en)  # newstest2013 valid: train keeps every line
+    tok = (out / "tmp" / "train.tok.en").read_text().splitlines()
+    assert len(tok) == len(en)
     # normalize-punctuation (curly quotes, and for English the period moves
     # inside the quote), NBSP squeezed, then tokenizer -a
     assert tok[7] == "A state @-@ of @-@ the @-@ art , well known &quot; idea . &quot;"
+    # clean-corpus-n 1 80 (ratio 9) before BPE: an independent count of the pairs it keeps
+    de = (out / "tmp" / "train.tok.de").read_text().splitlines()
+    lengths = [(len(a.split()), len(b.split())) for a, b in zip(tok, de)]
+    kept = [1 <= a <= 80 and 1 <= b <= 80 and a / b <= 9 and b / a <= 9 for a, b in lengths]
+    assert sum(kept) < len(en)  # the long or mismatched pairs of the slice are dropped
+    assert (out / "tmp" / "train.en").read_text().splitlines() == [t for t, k in zip(tok, kept) if k]
+    assert len((out / "train.en").read_text().splitlines()) == sum(kept)  # nothing filtered after BPE
     assert (out / "tmp" / "test.en").read_text().splitlines() == [
         "It &apos;s a test @-@ case .", "Second one ."]
     assert (out / "test.raw.de").read_text().splitlines() == ["Ein Test-Fall.", "Zweiter."]
     assert (out / "test.raw.en").read_text().splitlines()[0] == "It’s a test-case."
-    assert (out / "tmp" / "valid.de").read_text().splitlines() == ["Dev Satz ."]
-    train = (out / "train.en").read_text().splitlines()
-    assert 0 < len(train) <= len(en) and any("@@" in l for l in train)
+    # newstest2013 from the plain text, normalized like train (German quotes -> &quot;)
+    assert (out / "tmp" / "valid.de").read_text().splitlines() == ["&quot; Dev Satz &quot; ."]
     assert len((out / "code").read_text().splitlines()) == 151
 
-    prepare_wmt14.prepare(orig, tmp_path / "split", "en-de", valid="split", bpe_merges=50)
-    valid = (tmp_path / "split" / "tmp" / "valid.en").read_text().splitlines()
-    assert len(valid) == len(en) // 100  # every 100th line, as fairseq's en-de script
+
+def test_prepare_wmt14_en_fr_holds_out_every_1333rd_line_and_cleans_after_bpe(tmp_path):
+    assert prepare_wmt14.PROTOCOLS["en-fr"]["valid"] == 1333
+    orig, out = tmp_path / "orig", tmp_path / "out"
+    _fake_wmt_orig(orig, pair="en-fr", n=1400)
+    prepare_wmt14.prepare(orig, out, "en-fr", bpe_merges=50)
+    assert len((out / "tmp" / "valid.en").read_text().splitlines()) == 1
+    n_train = len((out / "tmp" / "train.en").read_text().splitlines())
+    assert n_train == 1399 and 0 < len((out / "train.en").read_text().splitlines()) <= n_train
 
 
 # ------------------------------------------------------ checkpoint averaging
@@ -508,9 +523,16 @@ import sys, json, pathlib, torch
 args = sys.argv[1:]
 print(json.dumps(args))
 save = pathlib.Path(args[args.index("--save-dir") + 1]); save.mkdir(parents=True, exist_ok=True)
-for u in (2000, 4000):
-    torch.save({{"model": {{"w": torch.full((1,), float(u))}}}}, save / f"checkpoint_1_{{u}}.pt")
+for epoch, w in ((1, 2000), (2, 4000)):
+    torch.save({{"model": {{"w": torch.full((1,), float(w))}}}}, save / f"checkpoint{{epoch}}.pt")
 """
+
+
+def _fake_dir(tmp_path, src, tgt):
+    folder = tmp_path / f"fake-{src}-{tgt}"
+    if not folder.exists():
+        _fake_data(folder, src, tgt)
+    return folder
 
 
 def _fake_data(folder: Path, src, tgt):
@@ -560,50 +582,85 @@ def test_train_iwslt14_command_line(tmp_path):
 
 
 @pytest.mark.usefixtures("cuda_hidden")  # the CPU fallback, on a GPU machine too
-def test_train_wmt14_command_line_and_averaging(tmp_path):
+def test_train_wmt14_averages_the_last_epoch_checkpoints(tmp_path):
     args, r = _run_train(tmp_path, "train_wmt14.sh", "en", "de", AVG_CHECKPOINTS="10")
-    assert _flag(args, "--arch") == "transformer_vaswani_wmt_en_de_big"
-    for flag, value in [("--lr", "1e-3"), ("--warmup-updates", "6000"), ("--weight-decay", "0.0"),
-                        ("--dropout", "0.1"), ("--attention-dropout", "0.1"),
-                        ("--activation-dropout", "0.1"), ("--max-tokens", "4096"),
-                        ("--update-freq", "16"), ("--rdrop-alpha", "5"), ("--max-update", "300000"),
-                        ("--source-lang", "en"), ("--target-lang", "de")]:
-        assert _flag(args, flag) == value, flag
-    assert "--save-interval-updates" in args
-    # the fake trainer wrote two update checkpoints (w=2000, 4000): averaged
+    assert _flag(args, "--keep-last-epochs") == "10" and "--no-epoch-checkpoints" not in args
+    # the fake trainer wrote two epoch checkpoints (w=2000, 4000): averaged
     import torch
 
     state = torch.load(tmp_path / "ckpt" / "checkpoint_avg10.pt", weights_only=False)
     assert state["model"]["w"].item() == 3000.0
-    assert "only 2 update checkpoints" in r.stderr
+    assert "only 2 epoch checkpoints" in r.stderr
+
+
+@pytest.mark.parametrize("gpus", ["3", "16"])
+def test_train_wmt14_refuses_gpu_counts_that_do_not_divide_its_batch(tmp_path, gpus):
+    message = "NUM_GPUS must be 1..8" if gpus == "16" else "does not divide the recipe's 128 batches"
+    data = str(_fake_dir(tmp_path, "en", "de"))
+    assert_script_fails_fast(EXAMPLES / "train_wmt14.sh", [], {"NUM_GPUS": gpus, "DATA": data}, message)
+
+
+def _sentences_per_update(ntok, order, max_tokens, multiple, gpus):
+    from fairseq.data import data_utils
+
+    batches = data_utils.batch_by_size(order, lambda i: ntok[i], max_tokens=max_tokens,
+                                       required_batch_size_multiple=multiple, num_tokens_vec=ntok[order])
+    return gpus * len(ntok) / len(batches)
+
+
+def test_iwslt14_batch_on_several_gpus_stays_close_to_one_gpus(tmp_path):
+    """fairseq's batching of a training-sized IWSLT'14 sample: N GPUs with the
+    recipe's --max-tokens and --required-batch-size-multiple take within 4% of
+    the sentences one GPU's official 4096-token batch takes per update."""
+    import numpy as np
+
+    lengths = {l: np.array([len(x.split()) + 1 for x in mt_prep.apply_bpe_lines(IWSLT / "code", _lines(f"valid.{l}"))])
+               for l in ("de", "en")}
+    # valid is every 23rd line of the cleaned training text: 22 copies have
+    # train's size (160k pairs) and its length distribution.
+    src, tgt = np.tile(lengths["de"], 22), np.tile(lengths["en"], 22)
+    order = np.arange(len(src))
+    order = order[np.argsort(tgt, kind="mergesort")]
+    order = order[np.argsort(src[order], kind="mergesort")]  # LanguagePairDataset.ordered_indices
+    ntok = np.maximum(src, tgt)
+    official = _sentences_per_update(ntok, order, 4096, 8, 1)
+    for gpus in range(2, 9):
+        r = subprocess.run(["bash", str(EXAMPLES / "train_iwslt14.sh")], capture_output=True, text=True,
+                           env=_env(DRY_RUN="1", NUM_GPUS=str(gpus), DATA=str(_fake_dir(tmp_path, "de", "en"))))
+        args = r.stderr.split("dry run: ", 1)[1].split()
+        max_tokens, multiple = int(_flag(args, "--max-tokens")), int(_flag(args, "--required-batch-size-multiple"))
+        ratio = _sentences_per_update(ntok, order, max_tokens, multiple, gpus) / official
+        assert 1.0 <= ratio < 1.04, (gpus, ratio)
+        if 8 % gpus == 0:
+            assert ratio < 1.02, (gpus, ratio)
+        # fairseq's default multiple of 8 on every GPU would lose sentences
+        assert _sentences_per_update(ntok, order, max_tokens, 8, gpus) / official < 0.98
 
 
 # -------------------------------------------------------------- end to end
 
 
-@pytest.mark.slow
-def test_iwslt14_train_and_evaluate_tiny_model_on_cpu(tmp_path):
-    """Binarize a slice, train a tiny model for 3 updates, evaluate it (~1 min)."""
-    for l in ("de", "en"):
-        lines = _lines(f"valid.{l}", 300)
-        for split, part in (("train", lines[:240]), ("valid", lines[240:270]), ("test", lines[270:])):
-            mt_prep.write_lines(tmp_path / f"{split}.{l}", mt_prep.apply_bpe_lines(IWSLT / "code", part))
-    data = tmp_path / "bin"
-    subprocess.run(["fairseq-preprocess", "--source-lang", "de", "--target-lang", "en",
-                    "--trainpref", str(tmp_path / "train"), "--validpref", str(tmp_path / "valid"),
-                    "--testpref", str(tmp_path / "test"), "--destdir", str(data),
-                    "--joined-dictionary", "--workers", "1"], check=True, capture_output=True, env=_env())
-    tiny = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
-            "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-            "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--num-workers", "0"]
-    ckpt = tmp_path / "ckpt"
-    r = subprocess.run(["bash", str(EXAMPLES / "train_iwslt14.sh"), *tiny], capture_output=True, text=True,
-                       env=_env(DATA=str(data), SAVE_DIR=str(ckpt), MAX_UPDATE="3"))
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU path, on a GPU machine too
+def test_iwslt14_smoke_mode_prepares_trains_and_evaluates_on_cpu(tmp_path):
+    """SMOKE=1: the shipped slice, 3 updates of the real command line, evaluate.sh (~1 min)."""
+    r = subprocess.run(["bash", str(EXAMPLES / "train_iwslt14.sh")], capture_output=True, text=True,
+                       env=_env(SMOKE="1", DATA=str(tmp_path / "bin"), SAVE_DIR=str(tmp_path / "ckpt"),
+                                OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (ckpt / "checkpoint_best.pt").exists()
-    assert "kl_loss" in r.stdout + r.stderr  # the R-Drop criterion ran
-    r = subprocess.run(["bash", str(EXAMPLES / "evaluate.sh"), "iwslt14"], capture_output=True, text=True,
-                       env=_env(DATA=str(data), CHECKPOINT=str(ckpt / "checkpoint_best.pt")))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "compound-split tokenized BLEU (30 sentences): BLEU4 = " in r.stdout
+    log = r.stdout + r.stderr
+    assert "--arch transformer_iwslt_de_en" in log and "--encoder-embed-dim 32" in log
+    assert "num_updates 3" in log and "kl_loss" in log  # the R-Drop criterion ran 3 updates
+    assert "compound-split tokenized BLEU (40 sentences): BLEU4 = " in r.stdout
     assert "sacreBLEU (detokenized): BLEU|nrefs:1|" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU path, on a GPU machine too
+def test_wmt14_smoke_mode_trains_two_epochs_averages_and_evaluates_on_cpu(tmp_path):
+    r = subprocess.run(["bash", str(EXAMPLES / "train_wmt14.sh")], capture_output=True, text=True,
+                       env=_env(SMOKE="1", DATA=str(tmp_path / "bin"), SAVE_DIR=str(tmp_path / "ckpt"),
+                                OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "--arch transformer_vaswani_wmt_en_de_big" in r.stderr
+    assert (tmp_path / "ckpt" / "checkpoint_avg10.pt").exists() and "only 2 epoch checkpoints" in r.stderr
+    assert "compound-split tokenized BLEU (40 sentences): BLEU4 = " in r.stdout

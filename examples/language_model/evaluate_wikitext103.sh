@@ -7,7 +7,8 @@
 #   DATA=data-bin/wikitext-103 SUBSETS=test bash examples/language_model/evaluate_wikitext103.sh ckpt.pt --batch-size 4
 #
 # Environment: DATA, SUBSETS ("valid test"), TOKENS_PER_SAMPLE (512),
-# CONTEXT_WINDOW (400). Extra arguments go to fairseq-eval-lm. Writes each
+# CONTEXT_WINDOW (400), DRY_RUN=1 (print the first fairseq-eval-lm command line
+# and stop). Extra arguments go to fairseq-eval-lm. Writes each
 # subset's output next to the checkpoint and prints one line per subset.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,7 +36,7 @@ device=()
 
 for subset in $SUBSETS; do
   out="$(dirname "$checkpoint")/eval_lm.$(basename "$checkpoint" .pt).$subset.txt"
-  fairseq-eval-lm "$DATA" --user-dir "$user_dir" --path "$checkpoint" --gen-subset "$subset" \
+  run_command fairseq-eval-lm "$DATA" --user-dir "$user_dir" --path "$checkpoint" --gen-subset "$subset" \
     --batch-size 2 --tokens-per-sample "$TOKENS_PER_SAMPLE" --context-window "$CONTEXT_WINDOW" \
     "${device[@]}" "$@" > "$out" 2>&1 || { tail -n 20 "$out" >&2; die "fairseq-eval-lm failed on $subset (log: $out)"; }
   result="$(grep -o 'Loss (base 2): [0-9.]*, Perplexity: [0-9.]*' "$out" | tail -n 1)"

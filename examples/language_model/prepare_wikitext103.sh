@@ -5,6 +5,7 @@
 #
 #   bash examples/language_model/prepare_wikitext103.sh                          # downloads the zip
 #   bash examples/language_model/prepare_wikitext103.sh --zip wikitext-103-v1.zip  # offline
+#   bash examples/language_model/prepare_wikitext103.sh --smoke  # slice of the shipped WikiText-2, for SMOKE=1
 #
 # Environment: ORIG (unpacked text, default runs/wikitext-103), DATA (binarized
 # output, default runs/data-bin/wikitext-103), WORKERS (default: number of CPUs).
@@ -18,34 +19,47 @@ ORIG="${ORIG:-$root/runs/wikitext-103}"
 DATA="${DATA:-$root/runs/data-bin/wikitext-103}"
 WORKERS="${WORKERS:-$(nproc 2>/dev/null || echo 1)}"
 
-zip=""
+zip="" text=""
 case "${1:-}" in
   "") ;;
+  --smoke)
+    # The first 400 training and 100 valid/test lines of data/language_modeling/wikitext-2
+    # (the same word-level format), under runs/smoke/wikitext unless DATA is set.
+    DATA="${DATA:-$root/runs/smoke/wikitext/data-bin}"
+    text="$(dirname "$DATA")/text"
+    shipped="$root/data/language_modeling/wikitext-2"
+    mkdir -p "$text"
+    { gzip -dc "$shipped/wiki.train.tokens.gz" || true; } | head -n 400 > "$text/wiki.train.tokens"
+    head -n 100 "$shipped/wiki.valid.tokens" > "$text/wiki.valid.tokens"
+    head -n 100 "$shipped/wiki.test.tokens" > "$text/wiki.test.tokens"
+    WORKERS=1 ;;
   --zip)
     zip="${2:-}"
     [ -f "$zip" ] || die "--zip file not found: ${zip:-<missing>}" ;;
-  *) die "usage: prepare_wikitext103.sh [--zip wikitext-103-v1.zip]" ;;
+  *) die "usage: prepare_wikitext103.sh [--zip wikitext-103-v1.zip | --smoke]" ;;
 esac
 [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "WORKERS must be a positive integer, got '$WORKERS'"
 
 command -v fairseq-preprocess >/dev/null || source "$root/scripts/setup_env.sh"
 command -v fairseq-preprocess >/dev/null || die "fairseq-preprocess not found on PATH (install fairseq, see README.md)"
 
-mkdir -p "$ORIG"
-if [ -z "$zip" ]; then
-  zip="$ORIG/wikitext-103-v1.zip"
-  if [ ! -f "$zip" ]; then
-    echo "prepare_wikitext103.sh: downloading $URL" >&2
-    python -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$URL" "$zip.part" \
-      || die "download of $URL failed; fetch it elsewhere and pass --zip FILE"
-    mv "$zip.part" "$zip"
+if [ -z "$text" ]; then
+  mkdir -p "$ORIG"
+  if [ -z "$zip" ]; then
+    zip="$ORIG/wikitext-103-v1.zip"
+    if [ ! -f "$zip" ]; then
+      echo "prepare_wikitext103.sh: downloading $URL" >&2
+      python -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$URL" "$zip.part" \
+        || die "download of $URL failed; fetch it elsewhere and pass --zip FILE"
+      mv "$zip.part" "$zip"
+    fi
   fi
+  python -m zipfile -e "$zip" "$ORIG"
+  text="$ORIG/wikitext-103"
+  for split in train valid test; do
+    [ -f "$text/wiki.$split.tokens" ] || die "$zip does not contain wikitext-103/wiki.$split.tokens"
+  done
 fi
-python -m zipfile -e "$zip" "$ORIG"
-text="$ORIG/wikitext-103"
-for split in train valid test; do
-  [ -f "$text/wiki.$split.tokens" ] || die "$zip does not contain wikitext-103/wiki.$split.tokens"
-done
 
 fairseq-preprocess --only-source \
   --trainpref "$text/wiki.train.tokens" --validpref "$text/wiki.valid.tokens" --testpref "$text/wiki.test.tokens" \

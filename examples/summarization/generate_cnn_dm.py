@@ -25,6 +25,8 @@ import rdrop_fairseq  # noqa: E402,F401  (allow-lists fairseq checkpoint types, 
 USER_DIR = Path(rdrop_fairseq.__file__).parent
 # BART's CNN/DailyMail settings (fairseq examples/bart, used by the R-Drop paper).
 CNN_DM = dict(beam=4, lenpen=2.0, max_len_b=140, min_len=55, no_repeat_ngram_size=3)
+# The official inference: 32 articles per bart.sample call, bart.half() on GPU.
+BATCH_SIZE, FP16 = 32, True
 
 
 def parse_args(argv):
@@ -35,8 +37,8 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, required=True, help="summaries, one per line")
     parser.add_argument("--gpt2-bpe", type=Path,
                         help="folder with GPT-2's encoder.json and vocab.bpe (default: fairseq downloads them)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=FP16,
                         help="half precision on GPU, as the official inference (default); --no-fp16: float32")
     for name, value in CNN_DM.items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value,

@@ -6,17 +6,34 @@
 #
 #   bash examples/summarization/prepare_cnn_dm.sh
 #   WORK=/data/cnn_dm WORKERS=60 bash examples/summarization/prepare_cnn_dm.sh
+#   bash examples/summarization/prepare_cnn_dm.sh --smoke   # stand-in for SMOKE=1 training, offline
 #
 # Environment: WORK (runs/cnn_dm: downloads and text), DATA (runs/data-bin/cnn_dm:
 # the binarized data), BART_DIR (runs/bart.large), WORKERS (8). A file already in
 # place is not downloaded again, so cnn_stories.tgz and dailymail_stories.tgz
 # (https://cs.nyu.edu/~kcho/DMQA/) can be put into WORK by hand when Google
 # Drive refuses the scripted download.
+#
+# --smoke downloads nothing: 40/10/10 SciTLDR abstracts (data/summarization/
+# scitldr) with their first TLDR stand in for the articles and highlights, and a
+# GPT-2-format BPE of the 256 byte symbols without merges for GPT-2's; the BPE
+# and binarization steps below are the real ones. Defaults under runs/smoke/cnn_dm.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 source "$root/examples/translation/common.sh"
 
+smoke=0
+case "${1:-}" in
+  "") ;;
+  --smoke) smoke=1 ;;
+  *) die "usage: prepare_cnn_dm.sh [--smoke]" ;;
+esac
+if [ "$smoke" = 1 ]; then
+  WORK="${WORK:-$root/runs/smoke/cnn_dm/work}"
+  DATA="${DATA:-$root/runs/smoke/cnn_dm/data-bin}"
+  WORKERS="${WORKERS:-1}"
+fi
 WORK="${WORK:-$root/runs/cnn_dm}"
 DATA="${DATA:-$root/runs/data-bin/cnn_dm}"
 BART_DIR="${BART_DIR:-$root/runs/bart.large}"
@@ -38,6 +55,27 @@ fetch() {  # fetch URL FILE: download unless FILE exists, never leaving a partia
 }
 drive_url() { echo "https://drive.usercontent.google.com/download?id=$1&export=download&confirm=t"; }
 
+if [ "$smoke" = 1 ]; then
+  find_fairseq
+  mkdir -p "$WORK/text" "$WORK/gpt2_bpe"
+  python - "$root/data/summarization/scitldr" "$WORK" <<'EOF'
+import gzip, json, sys
+from pathlib import Path
+from fairseq.data.encoders.gpt2_bpe_utils import bytes_to_unicode
+
+scitldr, work = Path(sys.argv[1]), Path(sys.argv[2])
+for split, name, n in (("train", "train", 40), ("val", "dev", 10), ("test", "test", 10)):
+    with gzip.open(scitldr / f"{name}.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for _, line in zip(range(n), f)]
+    for side, text in (("source", lambda r: " ".join(r["source"])), ("target", lambda r: r["target"][0])):
+        lines = [" ".join(text(r).split()) for r in rows]
+        (work / "text" / f"{split}.{side}").write_text("".join(l + "\n" for l in lines), encoding="utf-8")
+symbols = list(bytes_to_unicode().values())
+(work / "gpt2_bpe" / "encoder.json").write_text(json.dumps({s: i for i, s in enumerate(symbols)}))
+(work / "gpt2_bpe" / "vocab.bpe").write_text("#version: 0.2\n")
+(work / "gpt2_bpe" / "dict.txt").write_text("".join(f"{i} 1\n" for i in range(len(symbols))))
+EOF
+else
 mkdir -p "$WORK/url_lists" "$WORK/gpt2_bpe"
 for split in train val test; do
   fetch "$url_lists/all_$split.txt" "$WORK/url_lists/all_$split.txt"
@@ -60,6 +98,7 @@ for archive in cnn dailymail; do
 done
 python "$here/make_cnn_dm.py" --stories "$WORK/cnn/stories" "$WORK/dailymail/stories" \
   --url-lists "$WORK/url_lists" --out "$WORK/text"
+fi
 
 for split in train val test; do
   for side in source target; do

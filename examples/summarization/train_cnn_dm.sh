@@ -12,13 +12,24 @@
 # Environment: DATA (runs/data-bin/cnn_dm), BART_DIR (runs/bart.large), SAVE_DIR,
 # NUM_GPUS (1..8; with LAUNCHER the total over all nodes), MAX_TOKENS (1024 per
 # GPU: the R-Drop batch is doubled, this fits 24 GB), RDROP_ALPHA (0.7), SEED (1),
-# FP16 (1), LAUNCHER (a torchrun command line for multi-node). Extra arguments go
-# to fairseq-train.
+# FP16 (1), LAUNCHER (a torchrun command line for multi-node), DRY_RUN=1 (print
+# the command line and stop), SMOKE=1 (two updates of a tiny bart_large-shaped
+# model on the stand-in data of prepare_cnn_dm.sh --smoke, restored from a tiny
+# stand-in "pretrained" model trained first by the same command line, then
+# evaluate_cnn_dm.sh; see common.sh). Extra arguments go to fairseq-train.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 source "$root/examples/translation/common.sh"
 
+SMOKE="${SMOKE:-0}"
+if [ "$SMOKE" = 1 ]; then
+  DATA="${DATA:-$root/runs/smoke/cnn_dm/data-bin}"
+  BART_DIR="${BART_DIR:-$(dirname "$DATA")/bart}"
+  SAVE_DIR="${SAVE_DIR:-$(dirname "$DATA")/checkpoints}"
+  [ -f "$DATA/dict.source.txt" ] || WORK="$(dirname "$DATA")/work" DATA="$DATA" \
+    bash "$here/prepare_cnn_dm.sh" --smoke
+fi
 DATA="${DATA:-$root/runs/data-bin/cnn_dm}"
 BART_DIR="${BART_DIR:-$root/runs/bart.large}"
 NUM_GPUS="${NUM_GPUS:-1}"
@@ -34,7 +45,7 @@ TOKENS_PER_UPDATE=65536
 for f in dict.source.txt dict.target.txt train.source-target.source.bin valid.source-target.source.bin; do
   [ -f "$DATA/$f" ] || die "binarized data not found: $DATA/$f is missing (run examples/summarization/prepare_cnn_dm.sh or set DATA)"
 done
-[ -f "$BART_DIR/model.pt" ] || die "pretrained model not found: $BART_DIR/model.pt (run examples/summarization/prepare_cnn_dm.sh or set BART_DIR)"
+[ -f "$BART_DIR/model.pt" ] || [ "$SMOKE" = 1 ] || die "pretrained model not found: $BART_DIR/model.pt (run examples/summarization/prepare_cnn_dm.sh or set BART_DIR)"
 check_num_gpus
 [[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
 [[ "$SEED" =~ ^[0-9]+$ ]] || die "SEED must be an integer, got '$SEED'"
@@ -49,25 +60,40 @@ update_freq=$(((TOKENS_PER_UPDATE + per_step - 1) / per_step))
 echo "train_cnn_dm.sh: $NUM_GPUS GPU(s) x $MAX_TOKENS tokens x update-freq $update_freq = $((per_step * update_freq)) tokens per update" >&2
 
 device_flags
+smoke=()
+[ "$SMOKE" = 1 ] && smoke=("${smoke_encoder_decoder[@]}" --max-update 2 --total-num-update 2
+                           --warmup-updates 1 --max-tokens 2048 --update-freq 1)
 
 # LAUNCHER is split into words on purpose ("torchrun --nnodes 2 ...").
 # shellcheck disable=SC2206
 launcher=(${LAUNCHER:-})
 train="$(command -v fairseq-train)"
-set -x
-"${launcher[@]}" "$train" "$DATA" \
+recipe=(
+  --task translation --source-lang source --target-lang target
+  --truncate-source --layernorm-embedding --share-all-embeddings --share-decoder-input-output-embed
+  --required-batch-size-multiple 1 --skip-invalid-size-inputs-valid-test
+  --arch bart_large
+  --criterion label_smoothed_cross_entropy_rdrop --label-smoothing 0.1 --rdrop-alpha "$RDROP_ALPHA"
+  --dropout 0.1 --attention-dropout 0.1 --weight-decay 0.01
+  --optimizer adam --adam-betas "(0.9, 0.999)" --adam-eps 1e-08 --clip-norm 0.1
+  --lr-scheduler polynomial_decay --lr 3e-05
+  --total-num-update "$TOTAL_NUM_UPDATES" --max-update "$TOTAL_NUM_UPDATES" --warmup-updates "$WARMUP_UPDATES"
+  --max-tokens "$MAX_TOKENS" --update-freq "$update_freq" --seed "$SEED"
+  --find-unused-parameters --no-epoch-checkpoints
+)
+if [ "$SMOKE" = 1 ] && [ "${DRY_RUN:-0}" != 1 ] && [ ! -f "$BART_DIR/model.pt" ]; then
+  # The stand-in "pretrained" model: the same command line from scratch, one update.
+  ( set -x; "$train" "$DATA" --user-dir "$user_dir" "${recipe[@]}" --save-dir "$BART_DIR/init" \
+      "${device[@]}" "${smoke[@]}" --max-update 1 "$@" )
+  cp "$BART_DIR/init/checkpoint_last.pt" "$BART_DIR/model.pt"
+fi
+run_command "${launcher[@]}" "$train" "$DATA" \
   --user-dir "$user_dir" \
   --restore-file "$BART_DIR/model.pt" \
   --reset-optimizer --reset-dataloader --reset-meters \
-  --task translation --source-lang source --target-lang target \
-  --truncate-source --layernorm-embedding --share-all-embeddings --share-decoder-input-output-embed \
-  --required-batch-size-multiple 1 --skip-invalid-size-inputs-valid-test \
-  --arch bart_large \
-  --criterion label_smoothed_cross_entropy_rdrop --label-smoothing 0.1 --rdrop-alpha "$RDROP_ALPHA" \
-  --dropout 0.1 --attention-dropout 0.1 --weight-decay 0.01 \
-  --optimizer adam --adam-betas "(0.9, 0.999)" --adam-eps 1e-08 --clip-norm 0.1 \
-  --lr-scheduler polynomial_decay --lr 3e-05 \
-  --total-num-update "$TOTAL_NUM_UPDATES" --max-update "$TOTAL_NUM_UPDATES" --warmup-updates "$WARMUP_UPDATES" \
-  --max-tokens "$MAX_TOKENS" --update-freq "$update_freq" --seed "$SEED" \
-  --find-unused-parameters --no-epoch-checkpoints --save-dir "$SAVE_DIR" \
-  "${device[@]}" "$@"
+  "${recipe[@]}" --save-dir "$SAVE_DIR" \
+  "${device[@]}" "${smoke[@]}" "$@"
+if [ "$SMOKE" = 1 ]; then
+  DATA="$DATA" CHECKPOINT="$SAVE_DIR/checkpoint_best.pt" GPT2_BPE="$(dirname "$DATA")/work/gpt2_bpe" \
+    bash "$here/evaluate_cnn_dm.sh" --beam 2 --min-len 1 --max-len-b 8 --batch-size 4
+fi

@@ -12,7 +12,8 @@
 #   CHECKPOINT=ckpt.pt DATA=data-bin/x bash examples/translation/evaluate.sh iwslt14 --batch-size 32
 #   GEN_OUT=gen.out bash examples/translation/evaluate.sh iwslt14   # score an existing output only
 #
-# Environment: DATA, CHECKPOINT, GEN_OUT, BEAM, LENPEN, BATCH_SIZE (128).
+# Environment: DATA, CHECKPOINT, GEN_OUT, BEAM, LENPEN, BATCH_SIZE (128), DRY_RUN=1
+# (print the fairseq-generate command line and stop).
 # Extra arguments are passed to fairseq-generate.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,7 +56,7 @@ else
   gen="$(dirname "$CHECKPOINT")/generate-test.$(basename "$CHECKPOINT" .pt).beam$BEAM.txt"
   # fairseq 0.12 drops a last batch that is not a multiple of
   # --required-batch-size-multiple (default 8), i.e. up to 7 test sentences.
-  fairseq-generate "$DATA" --user-dir "$user_dir" --source-lang "$src" --target-lang "$tgt" \
+  run_command fairseq-generate "$DATA" --user-dir "$user_dir" --source-lang "$src" --target-lang "$tgt" \
     --path "$CHECKPOINT" --gen-subset test --beam "$BEAM" --lenpen "$LENPEN" --remove-bpe \
     --batch-size "$BATCH_SIZE" --required-batch-size-multiple 1 "${device[@]}" "$@" > "$gen"
   echo "evaluate.sh: translations in $gen" >&2

@@ -6,15 +6,22 @@
 #   bash examples/translation/prepare_iwslt14.sh                  # downloads de-en.tgz
 #   bash examples/translation/prepare_iwslt14.sh --tgz de-en.tgz  # offline
 #   bash examples/translation/prepare_iwslt14.sh --orig path/to/de-en
+#   bash examples/translation/prepare_iwslt14.sh --smoke   # tiny slice of data/ for SMOKE=1 training
 #
 # Environment: TEXT (tokenized+BPE text, default runs/iwslt14.tokenized.de-en),
 # DATA (binarized output, default runs/data-bin/iwslt14.tokenized.de-en),
-# WORKERS (default: number of CPUs).
+# WORKERS (default: number of CPUs). With --smoke the defaults are under
+# runs/smoke/iwslt14.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 source "$here/common.sh"
 
+if [ "${1:-}" = --smoke ]; then
+  command -v fairseq-preprocess >/dev/null || source "$root/scripts/setup_env.sh"
+  smoke_translation_data de en "${TEXT:-$root/runs/smoke/iwslt14/text}" "${DATA:-$root/runs/smoke/iwslt14/data-bin}"
+  exit 0
+fi
 TEXT="${TEXT:-$root/runs/iwslt14.tokenized.de-en}"
 DATA="${DATA:-$root/runs/data-bin/iwslt14.tokenized.de-en}"
 WORKERS="${WORKERS:-$(nproc 2>/dev/null || echo 1)}"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Prepares WMT'14 En-De or En-Fr (the R-Drop paper's Transformer-big results:
-# 30.91 and 43.95 BLEU) following fairseq's prepare-wmt14en2de.sh --icml17 and
-# prepare-wmt14en2fr.sh, in Python (sacremoses, subword-nmt), then binarizes
-# it with a joined dictionary. See prepare_wmt14.py for the exact protocol.
+# 30.91 and 43.95 BLEU) in Python (sacremoses, subword-nmt): En-De exactly as
+# fairseq's prepare-wmt14en2de.sh --scaling18 of fairseq pull request 203 (the
+# preparation the R-Drop authors pointed to), En-Fr as prepare-wmt14en2fr.sh;
+# then binarizes with a joined dictionary (En-De: 32,768 words per side, as
+# that pull request's README). See prepare_wmt14.py for the exact protocol.
 #
 #   bash examples/translation/prepare_wmt14.sh en-de
-#   bash examples/translation/prepare_wmt14.sh en-fr --valid newstest2013
 #   ORIG=/data/wmt14-archives bash examples/translation/prepare_wmt14.sh en-de --no-download
+#   bash examples/translation/prepare_wmt14.sh en-de --smoke   # tiny slice of data/ for SMOKE=1 training
 #
 # Environment: ORIG (archives, default runs/wmt14_orig), TEXT (default
 # runs/wmt14_<pair>), DATA (default runs/data-bin/wmt14_<pair>), WORKERS.
@@ -22,6 +24,12 @@ case "$pair" in
   *) die "usage: prepare_wmt14.sh {en-de|en-fr} [prepare_wmt14.py options]" ;;
 esac
 src="${pair%-*}" tgt="${pair#*-}"
+if [ "${1:-}" = --smoke ]; then
+  [ "$pair" = en-de ] || die "--smoke is for en-de only"
+  command -v fairseq-preprocess >/dev/null || source "$root/scripts/setup_env.sh"
+  smoke_translation_data en de "${TEXT:-$root/runs/smoke/wmt14/text}" "${DATA:-$root/runs/smoke/wmt14/data-bin}"
+  exit 0
+fi
 ORIG="${ORIG:-$root/runs/wmt14_orig}"
 TEXT="${TEXT:-$root/runs/wmt14_${src}_${tgt}}"
 DATA="${DATA:-$root/runs/data-bin/wmt14_${src}_${tgt}}"
@@ -38,9 +46,11 @@ python -c "import sacremoses, subword_nmt" 2>/dev/null || die "python packages s
 
 python "$here/prepare_wmt14.py" --pair "$pair" --orig "$ORIG" --out "$TEXT" --workers "$WORKERS" "$@"
 
+vocabulary=()
+[ "$pair" = en-de ] && vocabulary=(--nwordssrc 32768 --nwordstgt 32768)
 fairseq-preprocess --source-lang "$src" --target-lang "$tgt" \
   --trainpref "$TEXT/train" --validpref "$TEXT/valid" --testpref "$TEXT/test" \
-  --destdir "$DATA" --joined-dictionary --workers "$WORKERS"
+  --destdir "$DATA" --joined-dictionary "${vocabulary[@]}" --workers "$WORKERS"
 # sacreBLEU needs the untokenized reference next to the binarized data
 cp "$TEXT/test.raw.$src" "$TEXT/test.raw.$tgt" "$DATA/"
 echo "prepare_wmt14.sh: binarized data in $DATA"
