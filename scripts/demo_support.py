@@ -9,15 +9,20 @@ finished trainings, the command-line options and the results table.
 import argparse
 import hashlib
 import json
+import math
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from scripts.fairseq_logs import curves, plot
+from scripts.fairseq_logs import curves, parse_record, plot
 
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = REPO / "rdrop_fairseq"
@@ -36,45 +41,125 @@ def require_fairseq(launcher):
 
 
 def log(message):
-    print(f"[demo] {message}", flush=True)
+    """A line above the progress bars (plain print would tear them)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"[demo] {message}", file=sys.stdout)
+    sys.stdout.flush()
 
 
 def thread_env(threads):
     return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
 
 
-def run(cmd, log_path=None, env=None):
-    """Runs a command, echoing its output (and appending it to log_path)."""
-    log(" ".join(str(c) for c in cmd))
-    with subprocess.Popen(
-        [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    ) as proc, (open(log_path, "a") if log_path else open(os.devnull, "w")) as sink:
-        tail = []
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sink.write(line)
-            tail = (tail + [line])[-40:]
+# Commands running now, so that a failing run can stop the runs beside it.
+_RUNNING = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def run_command(cmd, log_path, env=None, on_line=None):
+    """Runs a command with its output appended to log_path, feeding each line to
+    ``on_line``; on failure, stops with the log's last lines and its path."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tail = deque(maxlen=30)
+    # Line-buffered, so the log can be followed (tail -f) while the command runs.
+    with open(log_path, "a", encoding="utf-8", buffering=1) as sink:
+        sink.write("$ " + " ".join(str(c) for c in cmd) + "\n")
+        with subprocess.Popen(
+            [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            errors="replace",
+        ) as proc:
+            with _RUNNING_LOCK:
+                _RUNNING.add(proc)
+            try:
+                for line in proc.stdout:
+                    sink.write(line)
+                    tail.append(line)
+                    if on_line:
+                        on_line(line)
+            finally:
+                with _RUNNING_LOCK:
+                    _RUNNING.discard(proc)
     if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {cmd[0]}\n" + "".join(tail))
+        raise SystemExit(
+            f"{Path(str(cmd[0])).name} failed (exit status {proc.returncode}); the last lines of its log:\n"
+            + "".join(tail) + f"full log: {log_path}"
+        )
 
 
-def fairseq_train(args, save_dir, threads):
-    """``fairseq-train ARGS --save-dir SAVE_DIR``, or the cached result of a finished run.
+def stop_running_commands():
+    with _RUNNING_LOCK:
+        for proc in _RUNNING:
+            proc.terminate()
+
+
+class TrainingProgress:
+    """A progress bar for one fairseq-train run, fed with its ``--log-format json``
+    output: updates done of the budget, the latest training loss and KL, the
+    latest validation loss and BLEU, and the time left."""
+
+    def __init__(self, name, max_update, position):
+        from tqdm import tqdm
+
+        interactive = sys.stdout.isatty()
+        self.bar = tqdm(
+            total=max_update, desc=name, unit="upd", position=position, leave=False, file=sys.stdout,
+            dynamic_ncols=interactive, ncols=None if interactive else 120, mininterval=1 if interactive else 60,
+        )
+        self.figures = {}
+
+    def feed(self, line):
+        parsed = parse_record(line)
+        if parsed is None:
+            return
+        tag, record = parsed
+        if tag == "train_inner":
+            keys = {"loss": "loss", "kl_loss": "kl"}
+            updates = record.get("num_updates")
+        elif tag == "valid":
+            keys = {"valid_loss": "valid loss", "valid_bleu": "valid BLEU"}
+            updates = record.get("valid_num_updates")
+        else:
+            return
+        for key, label in keys.items():
+            if isinstance(record.get(key), float):
+                self.figures[label] = record[key]
+        if isinstance(updates, float) and updates > self.bar.n:
+            self.bar.update(int(updates) - self.bar.n)
+        self.bar.set_postfix_str(", ".join(f"{k} {v:.3g}" for k, v in self.figures.items()), refresh=False)
+
+    def close(self):
+        self.bar.close()
+
+
+def fairseq_train(args, run):
+    """``fairseq-train ARGS --save-dir`` for a :class:`DemoRun`, with a progress bar
+    and the full output in ``train.log`` in its folder, or the cached result of
+    a finished run.
 
     Returns (log file, training seconds). A run that did not finish is started
     again from scratch, so an interrupted demo never reports a partial run.
     """
-    log_file = save_dir / "train.log"
-    done = save_dir / "done"
+    log_file = run.save_dir / "train.log"
+    done = run.save_dir / "done"
     if done.exists():
-        log(f"reusing finished run {save_dir}")
+        log(f"{run.label}: reusing the finished run in {run.save_dir}")
         return log_file, json.loads(done.read_text())["seconds"]
-    shutil.rmtree(save_dir, ignore_errors=True)
-    save_dir.mkdir(parents=True)
+    shutil.rmtree(run.save_dir, ignore_errors=True)
+    run.save_dir.mkdir(parents=True)
+    log(f"{run.label}: training, full log in {log_file}")
+    progress = TrainingProgress(run.label, run.budget["max_update"], run.position)
     start = time.time()
-    run([tool("fairseq-train"), *args, "--save-dir", save_dir], log_path=log_file, env=thread_env(threads))
+    try:
+        run_command([tool("fairseq-train"), *args, "--save-dir", run.save_dir], log_file,
+                    env=thread_env(run.threads), on_line=progress.feed)
+    finally:
+        progress.close()
     seconds = time.time() - start
     done.write_text(json.dumps({"seconds": seconds}))
+    figures = ", ".join(f"{k} {v:.3g}" for k, v in progress.figures.items())
+    log(f"{run.label}: {run.budget['max_update']} updates in {seconds / 60:.1f} min ({figures})")
     return log_file, seconds
 
 
@@ -83,18 +168,28 @@ def add_demo_arguments(parser, setup, budgets, alpha, workdir):
     parser.add_argument("--budget", choices=sorted(budgets), default=os.environ.get("RDROP_DEMO_BUDGET", "default"),
                         help="update budget (env RDROP_DEMO_BUDGET): default finishes in about 25 min on 2 cores")
     parser.add_argument("--full", action="store_const", const="full", dest="budget", help="same as --budget full")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="seeds; each trains both arms")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="seeds; each trains every arm (default: the budget's, seed 1 unless it says)")
     parser.add_argument("--alpha", type=float, default=alpha, help="--rdrop-alpha of the R-Drop arm")
     parser.add_argument("--max-update", type=int, help="override the budget's number of updates")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a setup value, e.g. --set dropout=0.2; keys: {', '.join(setup)}")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads per fairseq process")
+    parser.add_argument("--jobs", type=int, default=2, help="fairseq runs side by side (default 2)")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads per fairseq process (default: the CPU cores divided by --jobs, at least 1)")
     parser.add_argument("--workdir", type=Path, default=workdir)
 
 
 def resolve_setup(args, parser, setup, budgets):
     """(budget, setup) after the budget's own setup changes and the --set overrides."""
+    for flag, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--max-update", args.max_update)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be a whole number >= 1, got {value}")
+    if args.threads is None:
+        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     budget = dict(budgets[args.budget])
+    if args.seeds is None:
+        args.seeds = list(budget.get("seeds", [1]))
     if args.max_update:
         budget["max_update"] = args.max_update
     resolved = {**setup, **budget.get("setup", {})}
@@ -111,12 +206,52 @@ def mean(values):
     return sum(values) / len(values)
 
 
-def seed_groups(arm):
-    """(label, seeds) for each seed of an arm, plus ("mean", all) when there are several."""
-    groups = [(str(s["seed"]), [s]) for s in arm["seeds"]]
-    if len(arm["seeds"]) > 1:
-        groups.append(("mean", arm["seeds"]))
-    return groups
+def seed_sd(values):
+    """The sample standard deviation (n - 1 in the denominator) of per-seed values."""
+    values = list(values)
+    if len(values) < 2:
+        raise ValueError("a standard deviation over seeds needs at least two seeds")
+    centre = mean(values)
+    return math.sqrt(sum((v - centre) ** 2 for v in values) / (len(values) - 1))
+
+
+def seed_rows(arm):
+    """The rows of an arm's table as (label, figure): one per seed, then, with
+    several seeds, their mean and standard deviation. ``figure(score)`` gives the
+    row's value of ``score(seed entry)``."""
+    seeds = arm["seeds"]
+    rows = [(str(s["seed"]), lambda score, s=s: score(s)) for s in seeds]
+    if len(seeds) > 1:
+        rows.append(("mean", lambda score: mean(map(score, seeds))))
+        rows.append(("sd", lambda score: seed_sd(map(score, seeds))))
+    return rows
+
+
+def paired_gain(results, score, arm="rdrop", baseline="baseline"):
+    """``score(seed entry)`` of ``arm`` minus ``baseline``'s, paired by seed: the
+    per-seed differences, their mean, standard deviation and the standard error
+    of the mean (sd / sqrt(n)); sd and se are None for a single seed."""
+    runs = results["runs"]
+    base = {s["seed"]: score(s) for s in runs[baseline]["seeds"]}
+    diffs = {s["seed"]: score(s) - base[s["seed"]] for s in runs[arm]["seeds"] if s["seed"] in base}
+    if not diffs:
+        raise ValueError(f"{arm} and {baseline} have no seed in common")
+    sd = seed_sd(diffs.values()) if len(diffs) > 1 else None
+    return {
+        "per_seed": {str(seed): round(d, 4) for seed, d in diffs.items()},
+        "mean": round(mean(diffs.values()), 4),
+        "sd": None if sd is None else round(sd, 4),
+        "se": None if sd is None else round(sd / math.sqrt(len(diffs)), 4),
+        "seeds": len(diffs),
+    }
+
+
+def describe_gain(gain):
+    """``+1.23`` for one seed; ``+1.23 (3 seeds; sd 0.40, standard error 0.23)`` for several."""
+    text = f"{gain['mean']:+.2f}"
+    if gain["sd"] is not None:
+        text += f" ({gain['seeds']} seeds; sd {gain['sd']:.2f}, standard error {gain['se']:.2f})"
+    return text
 
 
 def print_table(header, rows):
@@ -132,6 +267,24 @@ def demo_parser(doc):
 def setup_tag(setup):
     """A short hash of a setup dict, naming the runs trained with it."""
     return hashlib.sha1(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:8]
+
+
+class DemoRun:
+    """One training of a demo: arm, alpha, seed, its budget (``max_update`` and
+    validation interval) and where it goes; ``position`` is its progress bar's row."""
+
+    def __init__(self, arm, alpha, seed, budget, save_dir, threads):
+        self.arm, self.alpha, self.seed, self.budget = arm, alpha, seed, budget
+        self.save_dir, self.threads, self.position = save_dir, threads, 0
+
+    @property
+    def label(self):
+        return f"{self.arm} seed {self.seed}"
+
+    @property
+    def cost(self):
+        # R-Drop's doubled batch costs about two baseline updates.
+        return self.budget["max_update"] * (2 if self.alpha > 0 else 1)
 
 
 def sentencepiece_encode(raw, sp_dir, splits, sides, vocab_size):
@@ -164,12 +317,13 @@ def binarize_pairs(prefixes, source, target, bin_dir):
     tmp_bin = bin_dir.with_name(bin_dir.name + ".tmp")
     shutil.rmtree(tmp_bin, ignore_errors=True)
     tests = prefixes["test"] if isinstance(prefixes["test"], list) else [prefixes["test"]]
-    run(
+    run_command(
         [
             tool("fairseq-preprocess"), "--source-lang", source, "--target-lang", target, "--joined-dictionary",
             "--trainpref", prefixes["train"], "--validpref", prefixes["valid"],
             "--testpref", ",".join(str(p) for p in tests), "--destdir", tmp_bin, "--workers", "2",
-        ]
+        ],
+        bin_dir.parent / "preprocess.log",
     )
     tmp_bin.rename(bin_dir)
 
@@ -189,6 +343,34 @@ def transformer_args(setup):
         "--lr-scheduler", "inverse_sqrt", "--warmup-updates", setup["warmup"], "--warmup-init-lr", 1e-7,
         "--weight-decay", 0.0001, "--max-tokens", setup["max_tokens"],
     ]
+
+
+def generate(bin_dir, run, split, options, sentences):
+    """{sentence id: detokenized hypothesis} of ``fairseq-generate OPTIONS`` with a
+    run's checkpoint_best.pt on ``split``, whose output (the whole log) is kept as
+    ``generate-{split}.txt`` in the run's folder and reused. Stops when any of
+    the split's ``sentences`` has no hypothesis."""
+    out = run.save_dir / f"generate-{split}.txt"
+    if not out.exists():
+        tmp = out.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        log(f"{run.label}: generating {split}, log in {out}")
+        run_command(
+            [
+                tool("fairseq-generate"), bin_dir, "--user-dir", USER_DIR, "--path", run.save_dir / "checkpoint_best.pt",
+                "--gen-subset", split, "--cpu",
+                # fairseq otherwise drops a last batch whose size is not a multiple of 8
+                "--required-batch-size-multiple", 1, *options,
+            ],
+            tmp, env=thread_env(run.threads),
+        )
+        tmp.rename(out)
+    hyps = read_hypotheses(out)
+    missing = sorted(set(range(sentences)) - set(hyps))
+    if missing:
+        raise SystemExit(f"{out} has no hypothesis for {len(missing)} of the {sentences} sentences of {split} "
+                         f"(ids {missing[:5]}...); delete it and run the demo again")
+    return hyps
 
 
 def read_hypotheses(generate_output):
@@ -214,26 +396,56 @@ def start_demo(doc, setup, budgets, alpha, workdir, launcher, argv=None):
     return args, budget, resolved
 
 
+def arms(args, budget):
+    """(name, alpha, updates) of each arm: the baseline, R-Drop, and where the budget
+    sets ``compute_matched``, the baseline given twice the updates, about the
+    compute (wall time) of an R-Drop run."""
+    updates = budget["max_update"]
+    chosen = [("baseline", 0.0, updates), ("rdrop", args.alpha, updates)]
+    if budget.get("compute_matched"):
+        chosen.append(("baseline_2x", 0.0, 2 * updates))
+    return chosen
+
+
 def run_arms(args, budget, setup, train_and_score):
-    """The results of a demo: for the baseline (alpha 0) and R-Drop (``--alpha``),
-    one entry per seed from ``train_and_score(save_dir, alpha, seed)`` (a dict);
-    ``save_dir`` names the arm, alpha, seed, updates and setup, so finished runs
-    are found again."""
-    tag = setup_tag(setup)
+    """The results of a demo: for every arm and seed, the dict
+    ``train_and_score(run)`` returns for a :class:`DemoRun`. Runs go ``--jobs`` at
+    a time, longest first; a run's folder names its arm, alpha, seed, updates and
+    a hash of the setup and budget, so finished runs are found again."""
+    # What changes a run's training or its cached outputs besides the setup: the
+    # validation (and checkpoint) interval and the beam.
+    tag = setup_tag({**setup, "budget.interval": budget["interval"], "budget.beam": budget.get("beam")})
     results = {"budget": args.budget, "max_update": budget["max_update"], "setup": setup,
-               "threads": args.threads, "runs": {}}
-    for name, alpha in (("baseline", 0.0), ("rdrop", args.alpha)):
-        arm = results["runs"][name] = {"alpha": alpha, "seeds": []}
+               "threads": args.threads, "jobs": args.jobs, "runs": {}}
+    runs = []
+    for name, alpha, updates in arms(args, budget):
+        results["runs"][name] = {"alpha": alpha, "max_update": updates, "seeds": []}
         for seed in args.seeds:
-            save_dir = args.workdir / f"{name}-alpha{alpha:g}-seed{seed}-{budget['max_update']}-{tag}"
-            arm["seeds"].append({"seed": seed, **train_and_score(save_dir, alpha, seed)})
+            save_dir = args.workdir / f"{name}-alpha{alpha:g}-seed{seed}-{updates}-{tag}"
+            runs.append(DemoRun(name, alpha, seed, dict(budget, max_update=updates), save_dir, args.threads))
+    positions = queue.SimpleQueue()
+    for position in range(args.jobs):
+        positions.put(position)
+
+    def one(run):
+        run.position = positions.get()
+        try:
+            return train_and_score(run)
+        finally:
+            positions.put(run.position)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {run: pool.submit(one, run) for run in sorted(runs, key=lambda r: -r.cost)}
+        finished, pending = wait(futures.values(), return_when=FIRST_EXCEPTION)
+        failed = [f for f in finished if f.exception() is not None]
+        if failed:
+            for future in pending:
+                future.cancel()
+            stop_running_commands()
+            raise failed[0].exception()
+    for run in runs:
+        results["runs"][run.arm]["seeds"].append({"seed": run.seed, **futures[run].result()})
     return results
-
-
-def rdrop_minus_baseline(results, score):
-    """R-Drop's mean over seeds of ``score(seed entry)`` minus the baseline's, to 2 decimals."""
-    arms = results["runs"]
-    return round(mean(map(score, arms["rdrop"]["seeds"])) - mean(map(score, arms["baseline"]["seeds"])), 2)
 
 
 def write_results(results, work, title):

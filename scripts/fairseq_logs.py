@@ -24,19 +24,23 @@ def read_records(log_path, tag):
     whose lines are the bare JSON; there the tag follows from the key prefix
     (``valid_*``, ``train_*``, or none for ``train_inner``).
     """
-    records = []
-    for line in Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines():
-        line_tag, _, payload = line.rpartition(" | ")
-        line_tag = line_tag.rpartition(" | ")[2] if line_tag else None
-        if not payload.startswith("{"):
-            continue
-        try:
-            raw = json.loads(payload)
-        except json.JSONDecodeError:
-            continue
-        if (line_tag or _tag_of(raw)) == tag:
-            records.append({key: _number(value) for key, value in raw.items()})
-    return records
+    lines = Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines()
+    return [record for line_tag, record in filter(None, map(parse_record, lines)) if line_tag == tag]
+
+
+def parse_record(line):
+    """(tag, record) of one line of fairseq's json output, or None for any other line."""
+    line_tag, _, payload = line.rstrip("\n").rpartition(" | ")
+    line_tag = line_tag.rpartition(" | ")[2] if line_tag else None
+    if not payload.startswith("{"):
+        return None
+    try:
+        raw = json.loads(payload)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    return line_tag or _tag_of(raw), {key: _number(value) for key, value in raw.items()}
 
 
 def _tag_of(record):

@@ -16,7 +16,7 @@ def test_language_model_demo_writes_table_results_and_plot(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
     table = proc.stdout[proc.stdout.index("run      | alpha | seed"):]
     assert "baseline | 0     | 1" in table and "rdrop    | 1     | 1" in table
-    assert "R-Drop - baseline, test perplexity" in table
+    assert "R-Drop - baseline, test perplexity, paired by seed: " in table
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["budget"] == "tiny" and set(results["runs"]) == {"baseline", "rdrop"}

@@ -15,11 +15,12 @@ def test_scitldr_demo_writes_rouge_table_results_and_plot(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     table = proc.stdout[proc.stdout.index("run      | alpha | seed | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum"):]
-    for row in ("baseline | 0     | 1", "baseline | 0     | mean", "rdrop    | 5     | 2", "rdrop    | 5     | mean"):
+    for row in ("baseline | 0     | 1", "baseline | 0     | mean", "baseline | 0     | sd", "rdrop    | 5     | 2",
+                "rdrop    | 5     | mean", "rdrop    | 5     | sd"):
         assert row in table
     assert "/40 " in table
-    assert "R-Drop - baseline, SciTLDR test ROUGE-L F1" in table
-    assert "seed-to-seed standard deviation of ROUGE-L F1: baseline " in table
+    assert "R-Drop - baseline, SciTLDR test ROUGE-L F1, paired by seed: " in table
+    assert "(2 seeds; sd " in table
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["budget"] == "tiny" and set(results["runs"]) == {"baseline", "rdrop"}
@@ -31,9 +32,12 @@ def test_scitldr_demo_writes_rouge_table_results_and_plot(tmp_path):
             assert all(0.0 <= value <= 100.0 for value in seed["test_rouge"].values())
             assert isinstance(seed["best_valid_loss"], float)
             assert seed["test_abstracts"] == 40 and 1 <= seed["distinct_summaries"] <= 40
-        # The sample standard deviation of two values is |a - b| / sqrt(2).
-        first, second = (seed["test_rouge"]["rougeL"] for seed in arm["seeds"])
-        assert abs(results["seed_std_rougeL"][name] - abs(first - second) / 2 ** 0.5) <= 0.005
+    # Paired by seed: the gain of each seed, and the standard deviation of two values is |a - b| / sqrt(2).
+    rouge_l = {name: [seed["test_rouge"]["rougeL"] for seed in arm["seeds"]] for name, arm in results["runs"].items()}
+    diffs = [r - b for r, b in zip(rouge_l["rdrop"], rouge_l["baseline"])]
+    gain = results["delta_rougeL"]
+    assert [gain["per_seed"][str(seed)] for seed in (1, 2)] == [round(d, 4) for d in diffs]
+    assert abs(gain["sd"] - abs(diffs[0] - diffs[1]) / 2 ** 0.5) <= 1e-3
     # One summary per test abstract of the tiny budget's 40, in order.
     for name in ("baseline", "rdrop"):
         run_dirs = list(tmp_path.glob(f"{name}-*"))

@@ -6,8 +6,9 @@ LMs with the same architecture, seed and number of updates: a baseline
 (``--rdrop-alpha 0``) and R-Drop. Both use the criterion
 ``label_smoothed_cross_entropy_rdrop`` with ``--label-smoothing 0``, so the
 only difference is the KL term. The best checkpoint of each (lowest validation
-loss) is scored with ``fairseq-eval-lm --context-window`` on the whole
-validation and test sets.
+loss) is scored with ``fairseq-eval-lm --context-window`` on the validation
+slice the runs were validated on (the first ``valid_lines`` lines of
+wiki.valid.tokens) and on the test set (all of it unless ``test_lines`` is set).
 
 Perplexities are per sentencepiece token of this demo's vocabulary: they
 compare between the demo's runs, not with word-level WikiText-2 results.
@@ -24,7 +25,6 @@ import gzip
 import json
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from scripts.demo_support import (  # noqa: E402
-    USER_DIR, fairseq_train, log, mean, print_table as print_rows, rdrop_minus_baseline, run, run_arms,
-    seed_groups, sentencepiece_encode, start_demo, thread_env, tool, write_results,
+    USER_DIR, describe_gain, fairseq_train, log, paired_gain, print_table as print_rows, run_arms, run_command,
+    seed_rows, sentencepiece_encode, start_demo, thread_env, tool, write_results,
 )
 from scripts.fairseq_logs import curves  # noqa: E402
 
@@ -93,19 +93,20 @@ def prepare_data(work, model):
     sentencepiece_encode(raw, sp_dir, FILES, ("txt",), model["vocab_size"])
     tmp_bin = work / "data-bin.tmp"
     shutil.rmtree(tmp_bin, ignore_errors=True)
-    run([
+    run_command([
         tool("fairseq-preprocess"), "--only-source", "--trainpref", sp_dir / "train.txt",
         "--validpref", sp_dir / "valid.txt", "--testpref", sp_dir / "test.txt", "--destdir", tmp_bin,
         "--workers", "1",
-    ])
+    ], work / "preprocess.log")
     tmp_bin.rename(bin_dir)
     return bin_dir
 
 
-def train(bin_dir, save_dir, alpha, seed, budget, model, threads):
+def train(bin_dir, run, model):
+    budget = run.budget
     return fairseq_train(
         [
-            bin_dir, "--user-dir", USER_DIR, "--task", "language_modeling", "--cpu", "--seed", seed,
+            bin_dir, "--user-dir", USER_DIR, "--task", "language_modeling", "--cpu", "--seed", run.seed,
             "--arch", "transformer_lm", "--share-decoder-input-output-embed",
             "--decoder-layers", model["decoder_layers"],
             # transformer_lm's input and output dimensions default to 512, not to the embedding size
@@ -113,7 +114,7 @@ def train(bin_dir, save_dir, alpha, seed, budget, model, threads):
             "--decoder-output-dim", model["embed_dim"],
             "--decoder-ffn-embed-dim", model["ffn_dim"], "--decoder-attention-heads", model["heads"],
             "--dropout", model["dropout"], "--attention-dropout", 0.1,
-            "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", alpha, "--label-smoothing", 0,
+            "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", run.alpha, "--label-smoothing", 0,
             "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--weight-decay", 0.01, "--clip-norm", 0.0,
             "--lr", model["lr"], "--lr-scheduler", "inverse_sqrt", "--warmup-updates", model["warmup"],
             "--warmup-init-lr", 1e-7,
@@ -124,34 +125,37 @@ def train(bin_dir, save_dir, alpha, seed, budget, model, threads):
             "--keep-interval-updates", 1, "--no-epoch-checkpoints",
             "--log-format", "json", "--log-interval", 25, "--num-workers", 0,
         ],
-        save_dir, threads,
+        run,
     )
 
 
-def eval_lm(bin_dir, checkpoint, split, model, threads):
+def eval_lm(bin_dir, run, split, model):
     """(loss in bits per token, perplexity) of ``fairseq-eval-lm`` with a context window."""
-    proc = subprocess.run(
+    log_file = run.save_dir / f"eval-lm-{split}.log"
+    log_file.unlink(missing_ok=True)
+    log(f"{run.label}: scoring {split}, log in {log_file}")
+    run_command(
         [
-            tool("fairseq-eval-lm"), str(bin_dir), "--user-dir", str(USER_DIR), "--path", str(checkpoint),
-            "--gen-subset", split, "--cpu", "--tokens-per-sample", str(model["tokens_per_sample"]),
-            "--context-window", str(model["context_window"]), "--batch-size", "16", "--num-workers", "0",
+            tool("fairseq-eval-lm"), bin_dir, "--user-dir", USER_DIR, "--path", run.save_dir / "checkpoint_best.pt",
+            "--gen-subset", split, "--cpu", "--tokens-per-sample", model["tokens_per_sample"],
+            "--context-window", model["context_window"], "--batch-size", 16, "--num-workers", 0,
         ],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=thread_env(threads),
+        log_file, env=thread_env(run.threads),
     )
-    match = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", proc.stdout)
-    if proc.returncode != 0 or not match:
-        raise SystemExit(f"fairseq-eval-lm on {split} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+    match = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", log_file.read_text(encoding="utf-8"))
+    if not match:
+        raise SystemExit(f"fairseq-eval-lm printed no loss and perplexity for {split}; see its log {log_file}")
     return float(match.group(1)), float(match.group(2))
 
 
-def evaluate(bin_dir, save_dir, model, threads):
+def evaluate(bin_dir, run, model):
     """Valid and test perplexity of checkpoint_best.pt, cached next to it."""
-    cache = save_dir / "eval_lm.json"
+    cache = run.save_dir / "eval_lm.json"
     if cache.exists():
         return json.loads(cache.read_text())
     scores = {}
     for split in EVAL_SPLITS:
-        loss, ppl = eval_lm(bin_dir, save_dir / "checkpoint_best.pt", split, model, threads)
+        loss, ppl = eval_lm(bin_dir, run, split, model)
         scores[split] = {"loss_bits": round(loss, 4), "ppl": round(ppl, 2)}
     cache.write_text(json.dumps(scores))
     return scores
@@ -165,17 +169,17 @@ def best_valid(log_file):
 
 
 def print_table(results):
-    """One row per run and seed, plus the mean over seeds when there are several."""
+    """One row per run and seed, then the mean and standard deviation over seeds."""
     header = ["run", "alpha", "seed", "valid ppl", "test ppl", "best update", "train min"]
     rows = [
         [name, f"{arm['alpha']:g}", label]
-        + [f"{mean(s['eval'][split]['ppl'] for s in seeds):.2f}" for split in EVAL_SPLITS]
-        + [f"{mean(s['best_update'] for s in seeds):.0f}", f"{mean(s['train_seconds'] for s in seeds) / 60:.1f}"]
+        + [f"{figure(lambda s: s['eval'][split]['ppl']):.2f}" for split in EVAL_SPLITS]
+        + [f"{figure(lambda s: s['best_update']):.0f}", f"{figure(lambda s: s['train_seconds']) / 60:.1f}"]
         for name, arm in results["runs"].items()
-        for label, seeds in seed_groups(arm)
+        for label, figure in seed_rows(arm)
     ]
     print_rows(header, rows)
-    print(f"R-Drop - baseline, test perplexity (mean over seeds): {results['delta_test_ppl']:+.2f}")
+    print(f"R-Drop - baseline, test perplexity, paired by seed: {describe_gain(results['delta_test_ppl'])}")
 
 
 def main(argv=None):
@@ -185,13 +189,13 @@ def main(argv=None):
     data_key = "data-" + "-".join(str(model[k]) for k in ("train_lines", "valid_lines", "test_lines", "vocab_size"))
     bin_dir = prepare_data(work / data_key, model)
 
-    def train_and_score(save_dir, alpha, seed):
-        log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.threads)
+    def train_and_score(run):
+        log_file, seconds = train(bin_dir, run, model)
         return {"train_seconds": round(seconds, 1), "log": str(log_file), **best_valid(log_file),
-                "eval": evaluate(bin_dir, save_dir, model, args.threads)}
+                "eval": evaluate(bin_dir, run, model)}
 
     results = run_arms(args, budget, model, train_and_score)
-    results["delta_test_ppl"] = rdrop_minus_baseline(results, lambda s: s["eval"]["test"]["ppl"])
+    results["delta_test_ppl"] = paired_gain(results, lambda s: s["eval"]["test"]["ppl"])
     write_results(results, work, title=f"WikiText-2 language model, {budget['max_update']} updates")
     print()
     print_table(results)

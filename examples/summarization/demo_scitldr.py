@@ -20,8 +20,6 @@ checkpoints and summaries.
 
 import gzip
 import json
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,9 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from scripts.demo_support import (  # noqa: E402
-    USER_DIR, binarize_pairs, fairseq_train, log, mean, print_table as print_rows, rdrop_minus_baseline,
-    read_hypotheses, run_arms, seed_groups, sentencepiece_encode, start_demo, thread_env, tool,
-    transformer_args, write_results,
+    USER_DIR, binarize_pairs, describe_gain, fairseq_train, generate, log, paired_gain, print_table as print_rows,
+    run_arms, seed_rows, sentencepiece_encode, start_demo, transformer_args, write_results,
 )
 from scripts.fairseq_logs import curves  # noqa: E402
 from scripts.rouge import METRICS, LABELS, score as rouge_score  # noqa: E402
@@ -111,14 +108,15 @@ def prepare_data(work, vocab_size, train_subset, test_subset):
     return bin_dir
 
 
-def train(bin_dir, save_dir, alpha, seed, budget, model, threads):
+def train(bin_dir, run, model):
+    budget = run.budget
     return fairseq_train(
         [
             bin_dir, "--user-dir", USER_DIR, "--task", "translation",
-            "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", seed,
+            "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", run.seed,
             "--truncate-source", "--max-source-positions", model["max_source_tokens"],
             *transformer_args(model),
-            "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", alpha,
+            "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", run.alpha,
             "--max-update", budget["max_update"],
             "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
             "--save-interval", 100000, "--save-interval-updates", budget["interval"],
@@ -126,44 +124,26 @@ def train(bin_dir, save_dir, alpha, seed, budget, model, threads):
             "--required-batch-size-multiple", 1,
             "--log-format", "json", "--log-interval", 25, "--num-workers", 0,
         ],
-        save_dir, threads,
+        run,
     )
 
 
-def summarize(bin_dir, save_dir, beam, max_source_tokens, threads):
-    """Beam-search summaries of the test abstracts from checkpoint_best.pt, in test-set order."""
-    out = save_dir / "generate-test.txt"
-    if not out.exists():
-        tmp = out.with_suffix(".tmp")
-        with open(tmp, "w") as sink:
-            subprocess.run(
-                [
-                    tool("fairseq-generate"), str(bin_dir), "--user-dir", str(USER_DIR),
-                    "--path", str(save_dir / "checkpoint_best.pt"), "--gen-subset", "test",
-                    "--truncate-source", "--max-source-positions", str(max_source_tokens),
-                    "--cpu", "--beam", str(beam), "--batch-size", "64",
-                    # fairseq otherwise drops a last batch whose size is not a multiple of 8
-                    "--required-batch-size-multiple", "1",
-                    "--remove-bpe", "sentencepiece", "--max-len-a", "0", "--max-len-b", "60",
-                    "--no-repeat-ngram-size", "3",
-                ],
-                stdout=sink, stderr=subprocess.PIPE, text=True, check=True, env=thread_env(threads),
-            )
-        tmp.rename(out)
-    return read_hypotheses(out)
-
-
-def evaluate(bin_dir, save_dir, work, beam, model, threads):
+def evaluate(bin_dir, run, work, beam, model):
     """ROUGE F1 of the test summaries against every reference TLDR (best per
     example), and how many different summaries there are: a model that has not
     learned to read its input writes the same TLDR for every abstract."""
     references = json.loads((work / "raw" / "test.references.json").read_text(encoding="utf-8"))
-    hyps = summarize(bin_dir, save_dir, beam, model["max_source_tokens"], threads)
-    if len(hyps) != len(references):
-        raise SystemExit(f"{save_dir / 'generate-test.txt'}: {len(hyps)} summaries for {len(references)} "
-                         "test abstracts; delete it and rerun")
+    hyps = generate(
+        bin_dir, run, "test",
+        [
+            "--truncate-source", "--max-source-positions", model["max_source_tokens"], "--beam", beam,
+            "--batch-size", 64, "--remove-bpe", "sentencepiece", "--max-len-a", 0, "--max-len-b", 60,
+            "--no-repeat-ngram-size", 3,
+        ],
+        sentences=len(references),
+    )
     ordered = [hyps[i] for i in range(len(references))]
-    (save_dir / "test.hypo").write_text("\n".join(ordered) + "\n", encoding="utf-8")
+    (run.save_dir / "test.hypo").write_text("\n".join(ordered) + "\n", encoding="utf-8")
     scores = rouge_score(ordered, references)
     return {
         "test_rouge": {m: round(scores[m]["fmeasure"], 2) for m in METRICS},
@@ -177,22 +157,19 @@ def best_valid_loss(log_file):
 
 
 def print_table(results):
-    """One row per run and seed, plus the mean over seeds when there are several."""
+    """One row per run and seed, then the mean and standard deviation over seeds."""
     arms = results["runs"]
     header = ["run", "alpha", "seed"] + [LABELS[m] for m in METRICS] + ["distinct summaries", "best valid loss", "train min"]
     rows = [
         [name, f"{arm['alpha']:g}", label]
-        + [f"{mean(s['test_rouge'][m] for s in seeds):.2f}" for m in METRICS]
-        + [f"{mean(s['distinct_summaries'] for s in seeds):.0f}/{seeds[0]['test_abstracts']}",
-           f"{mean(s['best_valid_loss'] for s in seeds):.3f}", f"{mean(s['train_seconds'] for s in seeds) / 60:.1f}"]
+        + [f"{figure(lambda s: s['test_rouge'][m]):.2f}" for m in METRICS]
+        + [f"{figure(lambda s: s['distinct_summaries']):.0f}/{arm['seeds'][0]['test_abstracts']}",
+           f"{figure(lambda s: s['best_valid_loss']):.3f}", f"{figure(lambda s: s['train_seconds']) / 60:.1f}"]
         for name, arm in arms.items()
-        for label, seeds in seed_groups(arm)
+        for label, figure in seed_rows(arm)
     ]
     print_rows(header, rows)
-    print(f"R-Drop - baseline, SciTLDR test ROUGE-L F1 (mean over seeds): {results['delta_rougeL']:+.2f}")
-    if "seed_std_rougeL" in results:
-        spread = ", ".join(f"{name} {std:.2f}" for name, std in results["seed_std_rougeL"].items())
-        print(f"seed-to-seed standard deviation of ROUGE-L F1: {spread}")
+    print(f"R-Drop - baseline, SciTLDR test ROUGE-L F1, paired by seed: {describe_gain(results['delta_rougeL'])}")
 
 
 def main(argv=None):
@@ -202,18 +179,15 @@ def main(argv=None):
     data_key = f"data-{model['train_subset']}-{model['vocab_size']}-{budget.get('test_subset', 'all')}"
     bin_dir = prepare_data(work / data_key, model["vocab_size"], model["train_subset"], budget.get("test_subset"))
 
-    def train_and_score(save_dir, alpha, seed):
-        log_file, seconds = train(bin_dir, save_dir, alpha, seed, budget, model, args.threads)
+    def train_and_score(run):
+        log_file, seconds = train(bin_dir, run, model)
         return {
             "train_seconds": round(seconds, 1), "log": str(log_file), "best_valid_loss": best_valid_loss(log_file),
-            **evaluate(bin_dir, save_dir, bin_dir.parent, budget.get("beam", 4), model, args.threads),
+            **evaluate(bin_dir, run, bin_dir.parent, budget.get("beam", 4), model),
         }
 
     results = run_arms(args, budget, model, train_and_score)
-    results["delta_rougeL"] = rdrop_minus_baseline(results, lambda s: s["test_rouge"]["rougeL"])
-    if len(args.seeds) > 1:
-        results["seed_std_rougeL"] = {name: round(statistics.stdev(s["test_rouge"]["rougeL"] for s in arm["seeds"]), 2)
-                                      for name, arm in results["runs"].items()}
+    results["delta_rougeL"] = paired_gain(results, lambda s: s["test_rouge"]["rougeL"])
     write_results(results, work, title=f"SciTLDR-A, {budget['max_update']} updates")
     print()
     print_table(results)
