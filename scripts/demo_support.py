@@ -292,6 +292,7 @@ def sentencepiece_encode(raw, sp_dir, splits, sides, vocab_size):
     writes each ``raw/{split}.{side}`` as pieces to ``sp_dir/{split}.{side}``."""
     import sentencepiece as spm
 
+    log(f"training a {vocab_size}-piece sentencepiece model in {sp_dir}")
     sp_dir.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
         input=[str(raw / f"train.{side}") for side in sides],
@@ -317,6 +318,7 @@ def binarize_pairs(prefixes, source, target, bin_dir):
     tmp_bin = bin_dir.with_name(bin_dir.name + ".tmp")
     shutil.rmtree(tmp_bin, ignore_errors=True)
     tests = prefixes["test"] if isinstance(prefixes["test"], list) else [prefixes["test"]]
+    log(f"binarizing into {bin_dir}, log in {bin_dir.parent / 'preprocess.log'}")
     run_command(
         [
             tool("fairseq-preprocess"), "--source-lang", source, "--target-lang", target, "--joined-dictionary",

@@ -93,6 +93,7 @@ def prepare_data(work, model):
     sentencepiece_encode(raw, sp_dir, FILES, ("txt",), model["vocab_size"])
     tmp_bin = work / "data-bin.tmp"
     shutil.rmtree(tmp_bin, ignore_errors=True)
+    log(f"binarizing into {bin_dir}, log in {work / 'preprocess.log'}")
     run_command([
         tool("fairseq-preprocess"), "--only-source", "--trainpref", sp_dir / "train.txt",
         "--validpref", sp_dir / "valid.txt", "--testpref", sp_dir / "test.txt", "--destdir", tmp_bin,
