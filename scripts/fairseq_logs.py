@@ -110,15 +110,24 @@ def plot(runs, out_path, title=None):
         ("valid", "bleu", "validation BLEU"),
     ]
     panels = [p for p in panels if any(_present(c[p[0]][p[1]]) for c in runs.values())]
+    # One colour per arm ("<arm> seed <n>" labels) and one line style per seed of
+    # the arm, the same in every panel, so several seeds of several arms stay readable.
+    arms = list(dict.fromkeys(name.split(" seed ")[0] for name in runs))
+    seen = {arm: 0 for arm in arms}
+    styles = {}
+    for name in runs:
+        arm = name.split(" seed ")[0]
+        styles[name] = dict(color=f"C{arms.index(arm)}", linestyle=["-", "--", ":", "-."][seen[arm] % 4])
+        seen[arm] += 1
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (split, key, label) in zip(axes[0], panels):
-        for index, (name, run) in enumerate(runs.items()):
+        for name, run in runs.items():
             xs, ys = run[split]["updates"], run[split][key]
             points = [(x, y) for x, y in zip(xs, ys) if isinstance(y, float)]
             if points:
-                # One colour per run in every panel, markers where points are few.
+                # Markers where points are few.
                 marker = "o" if len(points) <= 30 else None
-                ax.plot(*zip(*points), color=f"C{index}", marker=marker, ms=3, label=name)
+                ax.plot(*zip(*points), marker=marker, ms=3, label=name, **styles[name])
         ax.set_xlabel("updates")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
