@@ -1,6 +1,8 @@
 """The criterion from a hydra yaml config: fairseq-hydra-train with
 examples/translation/config/rdrop_multi30k.yaml on a Multi30k slice."""
 
+import importlib.util
+
 import pytest
 from fairseq import checkpoint_utils
 from omegaconf import OmegaConf
@@ -10,6 +12,9 @@ import rdrop_fairseq  # noqa: F401  (lets fairseq's loader read fairseq's checkp
 from .cli import REPO, USER_DIR, run_tool, train_records
 
 CONFIG_DIR = REPO / "examples" / "translation" / "config"
+_spec = importlib.util.spec_from_file_location("demo_multi30k", REPO / "examples" / "translation" / "demo_multi30k.py")
+demo_multi30k = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo_multi30k)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +39,18 @@ def test_the_config_names_the_criterion_with_the_papers_alpha():
     assert OmegaConf.is_missing(config.task, "data")
 
 
+def test_the_config_is_the_demos_model_optimiser_and_schedule():
+    config = OmegaConf.load(CONFIG_DIR / "rdrop_multi30k.yaml")
+    setup, budget = demo_multi30k.SETUP, demo_multi30k.BUDGETS["full"]
+    for side in (config.model.encoder, config.model.decoder):
+        assert (side.layers, side.embed_dim, side.ffn_embed_dim, side.attention_heads) == (
+            setup["encoder_layers"], setup["embed_dim"], setup["ffn_dim"], setup["heads"])
+    assert config.model.dropout == setup["dropout"] and config.dataset.max_tokens == setup["max_tokens"]
+    assert list(config.optimization.lr) == [setup["lr"]] and config.lr_scheduler.warmup_updates == setup["warmup"]
+    assert config.optimization.max_update == budget["max_update"]
+    assert config.dataset.validate_interval_updates == budget["interval"]
+
+
 def test_hydra_train_trains_with_the_criterion_and_logs_kl_and_the_warmed_up_alpha(hydra_run):
     records = train_records(hydra_run / "train.log")
     assert [r["num_updates"] for r in records] == [1, 2, 3]
@@ -47,5 +64,5 @@ def test_the_checkpoint_records_the_yaml_setup_and_loads_with_fairseqs_loader(hy
     criterion = state["cfg"]["criterion"]
     assert criterion["_name"] == "label_smoothed_cross_entropy_rdrop" and criterion["rdrop_alpha"] == 5.0
     model = state["model"]
-    assert model["encoder.embed_tokens.weight"].shape[1] == 256
+    assert model["encoder.embed_tokens.weight"].shape[1] == demo_multi30k.SETUP["embed_dim"]
     assert sum(name.endswith("fc1.weight") for name in model) == 4  # 2 encoder + 2 decoder layers
