@@ -154,6 +154,14 @@ def fairseq_train(args, run):
     try:
         run_command([tool("fairseq-train"), *args, "--save-dir", run.save_dir], log_file,
                     env=thread_env(run.threads), on_line=progress.feed)
+    except SystemExit as failure:
+        if "KeyError: 'bleu'" not in str(failure):
+            raise
+        # fairseq logs no BLEU when every validation translation is empty, then
+        # fails looking for the metric it chooses checkpoints by.
+        raise SystemExit(f"{failure}\n{run.label}: every validation translation was empty (the model is not "
+                         "trained enough to write anything yet), so fairseq had no BLEU to choose a checkpoint "
+                         "by; train longer (--max-update) or validate later in training") from None
     finally:
         progress.close()
     seconds = time.time() - start

@@ -8,7 +8,7 @@ import pytest
 from .cli import REPO  # noqa: F401  (puts the repository on sys.path)
 
 from scripts.demo_support import (  # noqa: E402
-    TrainingProgress, describe_gain, paired_gain, run_command, seed_rows, seed_sd,
+    DemoRun, TrainingProgress, describe_gain, fairseq_train, paired_gain, run_command, seed_rows, seed_sd,
 )
 
 
@@ -98,3 +98,20 @@ def test_failing_command_stops_with_the_log_tail_and_path(tmp_path):
     assert "exit status 3" in message and "line 49" in message and "line 10\n" not in message
     assert message.endswith(f"full log: {log_file}")
     assert "line 0\n" in log_file.read_text()
+
+
+def test_a_run_without_any_validation_bleu_stops_with_the_reason_and_the_fix(tmp_path):
+    # A stand-in fairseq-train that fails as fairseq does when every validation translation is empty.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    fake = fake_bin / "fairseq-train"
+    fake.write_text("#!/bin/sh\necho 'Traceback (most recent call last):'\necho \"KeyError: 'bleu'\"\nexit 1\n")
+    fake.chmod(0o755)
+    run = DemoRun("rdrop", 5.0, 1, {"max_update": 30}, tmp_path / "run", threads=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("scripts.demo_support.tool", lambda name: str(fake_bin / name))
+        with pytest.raises(SystemExit) as stopped:
+            fairseq_train(["--max-update", 30], run)
+    message = str(stopped.value)
+    assert "KeyError: 'bleu'" in message and f"full log: {run.save_dir / 'train.log'}" in message
+    assert "every validation translation was empty" in message and "train longer (--max-update)" in message

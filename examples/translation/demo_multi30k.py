@@ -65,7 +65,7 @@ SETUP = {
 BUDGETS = {
     "tiny": dict(max_update=30, interval=15, eval_subset=100, beam=2, compute_matched=True,
                  setup=dict(train_subset=2000, vocab_size=1000, encoder_layers=1, decoder_layers=1,
-                            embed_dim=32, ffn_dim=64, heads=2, warmup=10)),
+                            embed_dim=32, ffn_dim=64, heads=2, dropout=0.3, lr=1e-3, warmup=10)),
     "default": dict(max_update=1000, interval=100),
     "full": dict(max_update=1000, interval=100, seeds=(1, 2, 3), compute_matched=True),
 }
