@@ -125,6 +125,8 @@ class TrainingProgress:
         for key, label in keys.items():
             if isinstance(record.get(key), float):
                 self.figures[label] = record[key]
+        order = ("loss", "kl", "valid loss", "valid BLEU")
+        self.figures = {label: self.figures[label] for label in order if label in self.figures}
         if isinstance(updates, float) and updates > self.bar.n:
             self.bar.update(int(updates) - self.bar.n)
         self.bar.set_postfix_str(", ".join(f"{k} {v:.3g}" for k, v in self.figures.items()), refresh=False)
