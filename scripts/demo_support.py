@@ -129,7 +129,10 @@ class TrainingProgress:
         self.figures = {label: self.figures[label] for label in order if label in self.figures}
         if isinstance(updates, float) and updates > self.bar.n:
             self.bar.update(int(updates) - self.bar.n)
-        self.bar.set_postfix_str(", ".join(f"{k} {v:.3g}" for k, v in self.figures.items()), refresh=False)
+        self.bar.set_postfix_str(self.summary(), refresh=False)
+
+    def summary(self):
+        return ", ".join(f"{label} {value:.3g}" for label, value in self.figures.items())
 
     def close(self):
         self.bar.close()
@@ -168,8 +171,7 @@ def fairseq_train(args, run):
         progress.close()
     seconds = time.time() - start
     done.write_text(json.dumps({"seconds": seconds}))
-    figures = ", ".join(f"{k} {v:.3g}" for k, v in progress.figures.items())
-    log(f"{run.label}: {run.budget['max_update']} updates in {seconds / 60:.1f} min ({figures})")
+    log(f"{run.label}: {run.budget['max_update']} updates in {seconds / 60:.1f} min ({progress.summary()})")
     return log_file, seconds
 
 
