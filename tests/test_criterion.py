@@ -10,9 +10,11 @@ import math
 
 import pytest
 import torch
+import torch.distributed as dist
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion, label_smoothed_nll_loss
 from fairseq.logging import metrics
 from fairseq.optim.sgd import SGD
+from fairseq.trainer import Trainer
 
 from rdrop_fairseq.loss import label_smoothed_nll_and_symmetric_kl
 
@@ -96,7 +98,64 @@ def test_reduce_metrics_reports_base2_per_token_figures_summed_over_workers(task
     assert reduced["ppl"] == pytest.approx(2 ** reduced["nll_loss"], rel=1e-2)
     total = sum(l["total"] for l in logs)
     assert reduced["accuracy"] == pytest.approx(100.0 * sum(l["n_correct"] for l in logs) / total, abs=1e-3)
-    assert LabelSmoothedCrossEntropyCriterion.logging_outputs_can_be_summed()
+
+
+def _reduced(criterion, logging_outputs):
+    with metrics.aggregate() as agg:
+        type(criterion).reduce_metrics(logging_outputs)
+        return agg.get_smoothed_values()
+
+
+@pytest.fixture
+def one_rank_process_group(tmp_path):
+    """A real gloo process group of this one process, for fairseq's all-reduce."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield dist.group.WORLD
+    dist.destroy_process_group()
+
+
+def test_logging_outputs_are_summed_across_workers_as_fairseqs_trainer_sums_them(task, one_rank_process_group):
+    """fairseq's Trainer asks the task whether the criterion's logging outputs can be
+    summed and, if so, sums the workers' outputs key by key (_fast_stat_sync_sum, an
+    all-reduce) and reduces that one sum. The figures must be those of reducing the
+    workers' own outputs, every key included (``rdrop_alpha`` under warm-up too)."""
+    model = make_model(task)
+    criterion = make_criterion(task, rdrop_alpha_warmup_updates=10)
+    criterion.set_num_updates(4)
+    workers = [run_capturing_outputs(criterion, model, make_sample(task, seed=s))[2] for s in (5, 6)]
+    assert type(task).logging_outputs_can_be_summed(criterion)
+    trainer = argparse.Namespace(device=torch.device("cpu"), data_parallel_process_group=one_rank_process_group)
+    (summed,), _ = Trainer._fast_stat_sync_sum(trainer, workers)
+    one_by_one, after_the_sum = _reduced(criterion, workers), _reduced(criterion, [summed])
+    assert set(one_by_one) >= {"loss", "nll_loss", "ppl", "kl_loss", "accuracy", "rdrop_alpha"}
+    assert after_the_sum == pytest.approx(one_by_one, rel=1e-6)
+    assert one_by_one["rdrop_alpha"] == pytest.approx(5.0 * 4 / 10)
+
+
+def test_validation_logging_outputs_of_two_halves_of_a_batch_sum_to_the_whole_batchs(task):
+    """Two workers validating one half of a batch each log, summed, what one worker logs for all of it."""
+    model, criterion = make_model(task), make_criterion(task)
+    model.eval()
+    sample = make_sample(task, batch_size=4, seed=7)
+    halves = [_select_rows(sample, rows, task.target_dictionary.pad()) for rows in (slice(0, 2), slice(2, 4))]
+    with torch.no_grad():
+        whole = criterion(model, sample)[2]
+        parts = [criterion(model, half)[2] for half in halves]
+    for key, value in whole.items():
+        assert float(sum(part[key] for part in parts)) == pytest.approx(float(value), rel=1e-5), key
+    assert _reduced(criterion, parts) == pytest.approx(_reduced(criterion, [whole]), rel=1e-5)
+
+
+def _select_rows(sample, rows, pad):
+    """The rows ``rows`` of a batch, as fairseq's collater would batch them (padding kept)."""
+    target = sample["target"][rows]
+    return {
+        "id": sample["id"][rows],
+        "nsentences": target.size(0),
+        "ntokens": int(target.ne(pad).sum()),
+        "net_input": {k: v[rows] for k, v in sample["net_input"].items()},
+        "target": target,
+    }
 
 
 def test_alpha_zero_is_exactly_fairseqs_label_smoothed_cross_entropy_with_one_pass(task):

@@ -7,8 +7,8 @@
 #   DATA=data-bin/wikitext-103 SUBSETS=test bash examples/language_model/evaluate_wikitext103.sh ckpt.pt --batch-size 4
 #
 # Environment: DATA, SUBSETS ("valid test"), TOKENS_PER_SAMPLE (512),
-# CONTEXT_WINDOW (400), DRY_RUN=1 (print the first fairseq-eval-lm command line
-# and stop). Extra arguments go to fairseq-eval-lm. Writes each
+# CONTEXT_WINDOW (400), DRY_RUN=1 (print every subset's fairseq-eval-lm command
+# line, for a GPU, and run none). Extra arguments go to fairseq-eval-lm. Writes each
 # subset's output next to the checkpoint and prints one line per subset.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,27 +18,27 @@ source "$root/examples/translation/common.sh"
 checkpoint="${1:-}"
 [ -n "$checkpoint" ] || die "usage: evaluate_wikitext103.sh CHECKPOINT [fairseq-eval-lm options]"
 shift
-[ -f "$checkpoint" ] || die "checkpoint not found: $checkpoint"
+require_file "$checkpoint" "checkpoint not found: $checkpoint"
 DATA="${DATA:-$root/runs/data-bin/wikitext-103}"
 SUBSETS="${SUBSETS:-valid test}"
 TOKENS_PER_SAMPLE="${TOKENS_PER_SAMPLE:-512}"
 CONTEXT_WINDOW="${CONTEXT_WINDOW:-400}"
-[ -f "$DATA/dict.txt" ] || die "binarized data not found: $DATA/dict.txt is missing (set DATA)"
+require_file "$DATA/dict.txt" "binarized data not found: $DATA/dict.txt is missing (set DATA)"
 for subset in $SUBSETS; do
-  [ -f "$DATA/$subset.bin" ] || die "subset '$subset' not found: $DATA/$subset.bin is missing"
+  require_file "$DATA/$subset.bin" "subset '$subset' not found: $DATA/$subset.bin is missing"
 done
 (( CONTEXT_WINDOW < TOKENS_PER_SAMPLE )) \
   || die "CONTEXT_WINDOW ($CONTEXT_WINDOW) must be smaller than TOKENS_PER_SAMPLE ($TOKENS_PER_SAMPLE)"
 
 find_fairseq
-device=()
-[ "$(python -c 'import torch; print(int(torch.cuda.is_available()))')" = 1 ] || device=(--cpu)
+inference_device
 
 for subset in $SUBSETS; do
   out="$(dirname "$checkpoint")/eval_lm.$(basename "$checkpoint" .pt).$subset.txt"
-  run_command fairseq-eval-lm "$DATA" --user-dir "$user_dir" --path "$checkpoint" --gen-subset "$subset" \
+  run_command "&>$out" fairseq-eval-lm "$DATA" --user-dir "$user_dir" --path "$checkpoint" --gen-subset "$subset" \
     --batch-size 2 --tokens-per-sample "$TOKENS_PER_SAMPLE" --context-window "$CONTEXT_WINDOW" \
-    "${device[@]}" "$@" > "$out" 2>&1 || { tail -n 20 "$out" >&2; die "fairseq-eval-lm failed on $subset (log: $out)"; }
+    "${device[@]}" "$@" || { tail -n 20 "$out" >&2; die "fairseq-eval-lm failed on $subset (log: $out)"; }
+  dry_run && continue
   result="$(grep -o 'Loss (base 2): [0-9.]*, Perplexity: [0-9.]*' "$out" | tail -n 1)"
   [ -n "$result" ] || die "no perplexity in $out"
   echo "$subset: $result"

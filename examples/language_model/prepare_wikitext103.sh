@@ -28,40 +28,42 @@ case "${1:-}" in
     DATA="${DATA:-$root/runs/smoke/wikitext/data-bin}"
     text="$(dirname "$DATA")/text"
     shipped="$root/data/language_modeling/wikitext-2"
-    mkdir -p "$text"
-    { gzip -dc "$shipped/wiki.train.tokens.gz" || true; } | head -n 400 > "$text/wiki.train.tokens"
-    head -n 100 "$shipped/wiki.valid.tokens" > "$text/wiki.valid.tokens"
-    head -n 100 "$shipped/wiki.test.tokens" > "$text/wiki.test.tokens"
     WORKERS=1 ;;
   --zip)
     zip="${2:-}"
-    [ -f "$zip" ] || die "--zip file not found: ${zip:-<missing>}" ;;
+    require_file "$zip" "--zip file not found: ${zip:-<missing>}" ;;
   *) die "usage: prepare_wikitext103.sh [--zip wikitext-103-v1.zip | --smoke]" ;;
 esac
 [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "WORKERS must be a positive integer, got '$WORKERS'"
 
-command -v fairseq-preprocess >/dev/null || source "$root/scripts/setup_env.sh"
-command -v fairseq-preprocess >/dev/null || die "fairseq-preprocess not found on PATH (install fairseq, see README.md)"
+find_fairseq
 
-if [ -z "$text" ]; then
-  mkdir -p "$ORIG"
+if [ -n "$text" ]; then
+  run_command mkdir -p "$text"
+  run_command ">$text/wiki.train.tokens" python -c 'import gzip, itertools, sys
+sys.stdout.writelines(itertools.islice(gzip.open(sys.argv[1], "rt", encoding="utf-8"), 400))' \
+    "$shipped/wiki.train.tokens.gz"
+  run_command ">$text/wiki.valid.tokens" head -n 100 "$shipped/wiki.valid.tokens"
+  run_command ">$text/wiki.test.tokens" head -n 100 "$shipped/wiki.test.tokens"
+else
+  run_command mkdir -p "$ORIG"
   if [ -z "$zip" ]; then
     zip="$ORIG/wikitext-103-v1.zip"
     if [ ! -f "$zip" ]; then
-      echo "prepare_wikitext103.sh: downloading $URL" >&2
-      python -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$URL" "$zip.part" \
-        || die "download of $URL failed; fetch it elsewhere and pass --zip FILE"
-      mv "$zip.part" "$zip"
+      dry_run || echo "prepare_wikitext103.sh: downloading $URL" >&2
+      run_command python -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+        "$URL" "$zip.part" || die "download of $URL failed; fetch it elsewhere and pass --zip FILE"
+      run_command mv "$zip.part" "$zip"
     fi
   fi
-  python -m zipfile -e "$zip" "$ORIG"
+  run_command python -m zipfile -e "$zip" "$ORIG"
   text="$ORIG/wikitext-103"
   for split in train valid test; do
-    [ -f "$text/wiki.$split.tokens" ] || die "$zip does not contain wikitext-103/wiki.$split.tokens"
+    require_file "$text/wiki.$split.tokens" "$zip does not contain wikitext-103/wiki.$split.tokens"
   done
 fi
 
-fairseq-preprocess --only-source \
+run_command fairseq-preprocess --only-source \
   --trainpref "$text/wiki.train.tokens" --validpref "$text/wiki.valid.tokens" --testpref "$text/wiki.test.tokens" \
   --destdir "$DATA" --workers "$WORKERS"
-echo "prepare_wikitext103.sh: binarized data in $DATA"
+dry_run || echo "prepare_wikitext103.sh: binarized data in $DATA"

@@ -48,7 +48,7 @@ fi
 DATA="${DATA:-$root/runs/data-bin/wikitext-103}"
 
 for f in dict.txt train.bin valid.bin; do
-  [ -f "$DATA/$f" ] || die "binarized data not found: $DATA/$f is missing (run examples/language_model/prepare_wikitext103.sh or set DATA)"
+  require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing (run examples/language_model/prepare_wikitext103.sh or set DATA)"
 done
 check_num_gpus
 [[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
@@ -110,7 +110,6 @@ device_flags
 # LAUNCHER is split into words on purpose ("torchrun --nnodes 2 ...").
 # shellcheck disable=SC2206
 launcher=(${LAUNCHER:-})
-train="$(command -v fairseq-train)"
 # legacy_ddp: fairseq's adaptive softmax needs it, and the official R-Drop runs used it for both models.
 run_command "${launcher[@]}" "$train" "$DATA" \
   --user-dir "$user_dir" --task language_modeling \

@@ -12,8 +12,9 @@
 #   HYPO=test.hypo bash examples/summarization/evaluate_cnn_dm.sh   # score existing summaries only
 #
 # Environment: DATA (runs/data-bin/cnn_dm, with test.source and test.target from
-# prepare_cnn_dm.sh), CHECKPOINT, HYPO, GPT2_BPE (runs/cnn_dm/gpt2_bpe). Extra
-# arguments go to generate_cnn_dm.py.
+# prepare_cnn_dm.sh), CHECKPOINT, HYPO, GPT2_BPE (runs/cnn_dm/gpt2_bpe), DRY_RUN=1
+# (print the commands, summarizing on a GPU, and run none). Extra arguments go to
+# generate_cnn_dm.py.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -23,12 +24,12 @@ DATA="${DATA:-$root/runs/data-bin/cnn_dm}"
 CHECKPOINT="${CHECKPOINT:-$root/runs/checkpoints/cnn_dm_bart_large_alpha0.7_seed1/checkpoint_best.pt}"
 GPT2_BPE="${GPT2_BPE:-$root/runs/cnn_dm/gpt2_bpe}"
 
-[ -f "$DATA/test.target" ] || die "reference summaries not found: $DATA/test.target (run prepare_cnn_dm.sh or set DATA)"
+require_file "$DATA/test.target" "reference summaries not found: $DATA/test.target (run prepare_cnn_dm.sh or set DATA)"
 if [ -n "${HYPO:-}" ]; then
-  [ -f "$HYPO" ] || die "HYPO=$HYPO does not exist"
+  require_file "$HYPO" "HYPO=$HYPO does not exist"
 else
-  [ -f "$CHECKPOINT" ] || die "checkpoint not found: $CHECKPOINT (set CHECKPOINT)"
-  [ -f "$DATA/test.source" ] || die "test articles not found: $DATA/test.source (run prepare_cnn_dm.sh or set DATA)"
+  require_file "$CHECKPOINT" "checkpoint not found: $CHECKPOINT (set CHECKPOINT)"
+  require_file "$DATA/test.source" "test articles not found: $DATA/test.source (run prepare_cnn_dm.sh or set DATA)"
 fi
 
 find_fairseq
@@ -36,13 +37,13 @@ hypo="${HYPO:-$(dirname "$CHECKPOINT")/test.$(basename "$CHECKPOINT" .pt).hypo}"
 if [ -z "${HYPO:-}" ]; then
   bpe=()
   [ -f "$GPT2_BPE/encoder.json" ] && bpe=(--gpt2-bpe "$GPT2_BPE")
-  python "$here/generate_cnn_dm.py" --checkpoint "$CHECKPOINT" --data "$DATA" \
+  run_command python "$here/generate_cnn_dm.py" --checkpoint "$CHECKPOINT" --data "$DATA" \
     --source "$DATA/test.source" --out "$hypo.part" "${bpe[@]}" "$@"
-  mv "$hypo.part" "$hypo"
-  echo "evaluate_cnn_dm.sh: summaries in $hypo" >&2
+  run_command mv "$hypo.part" "$hypo"
+  dry_run || echo "evaluate_cnn_dm.sh: summaries in $hypo" >&2
 fi
 scores="${hypo%.hypo}.rouge.json"
-python "$root/scripts/rouge.py" "$hypo" "$DATA/test.target" --split-sentences --json "$scores"
-python -c 'import json, sys; s = json.load(open(sys.argv[1]))["scores"]
+run_command python "$root/scripts/rouge.py" "$hypo" "$DATA/test.target" --split-sentences --json "$scores"
+run_command python -c 'import json, sys; s = json.load(open(sys.argv[1]))["scores"]
 print("paper-comparable ROUGE-1/2/L F1 (ROUGE-L = ROUGE-Lsum, as files2rouge): "
       + " / ".join("%.2f" % s[m]["fmeasure"] for m in ("rouge1", "rouge2", "rougeLsum")))' "$scores"

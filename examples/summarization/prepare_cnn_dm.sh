@@ -49,16 +49,16 @@ dm_id=0BwmD_VLjROrfM1BxdkxVaTY2bWs
 
 fetch() {  # fetch URL FILE: download unless FILE exists, never leaving a partial file
   [ -s "$2" ] && return 0
-  echo "downloading $1" >&2
-  curl -fL --retry 3 -o "$2.part" "$1" || die "download failed: $1 (put the file at $2 by hand)"
-  mv "$2.part" "$2"
+  dry_run || echo "downloading $1" >&2
+  run_command curl -fL --retry 3 -o "$2.part" "$1" || die "download failed: $1 (put the file at $2 by hand)"
+  run_command mv "$2.part" "$2"
 }
 drive_url() { echo "https://drive.usercontent.google.com/download?id=$1&export=download&confirm=t"; }
 
 if [ "$smoke" = 1 ]; then
   find_fairseq
-  mkdir -p "$WORK/text" "$WORK/gpt2_bpe"
-  python - "$root/data/summarization/scitldr" "$WORK" <<'EOF'
+  run_command mkdir -p "$WORK/text" "$WORK/gpt2_bpe"
+  run_command python - "$root/data/summarization/scitldr" "$WORK" <<'EOF'
 import gzip, json, sys
 from pathlib import Path
 from fairseq.data.encoders.gpt2_bpe_utils import bytes_to_unicode
@@ -76,7 +76,7 @@ symbols = list(bytes_to_unicode().values())
 (work / "gpt2_bpe" / "dict.txt").write_text("".join(f"{i} 1\n" for i in range(len(symbols))))
 EOF
 else
-mkdir -p "$WORK/url_lists" "$WORK/gpt2_bpe"
+run_command mkdir -p "$WORK/url_lists" "$WORK/gpt2_bpe"
 for split in train val test; do
   fetch "$url_lists/all_$split.txt" "$WORK/url_lists/all_$split.txt"
 done
@@ -87,35 +87,35 @@ for f in encoder.json vocab.bpe dict.txt; do
 done
 if [ ! -s "$BART_DIR/model.pt" ]; then
   fetch "$bart_url" "$WORK/bart.large.tar.gz"
-  mkdir -p "$BART_DIR"
-  tar -xzf "$WORK/bart.large.tar.gz" -C "$BART_DIR" --strip-components 1
+  run_command mkdir -p "$BART_DIR"
+  run_command tar -xzf "$WORK/bart.large.tar.gz" -C "$BART_DIR" --strip-components 1
 fi
 
 find_fairseq
 
 for archive in cnn dailymail; do
-  [ -d "$WORK/$archive/stories" ] || tar -xzf "$WORK/${archive}_stories.tgz" -C "$WORK"
+  [ -d "$WORK/$archive/stories" ] || run_command tar -xzf "$WORK/${archive}_stories.tgz" -C "$WORK"
 done
-python "$here/make_cnn_dm.py" --stories "$WORK/cnn/stories" "$WORK/dailymail/stories" \
+run_command python "$here/make_cnn_dm.py" --stories "$WORK/cnn/stories" "$WORK/dailymail/stories" \
   --url-lists "$WORK/url_lists" --out "$WORK/text"
 fi
 
 for split in train val test; do
   for side in source target; do
-    python -m fairseq.examples.roberta.multiprocessing_bpe_encoder \
+    run_command python -m fairseq.examples.roberta.multiprocessing_bpe_encoder \
       --encoder-json "$WORK/gpt2_bpe/encoder.json" --vocab-bpe "$WORK/gpt2_bpe/vocab.bpe" \
       --inputs "$WORK/text/$split.$side" --outputs "$WORK/text/$split.bpe.$side" \
       --workers "$WORKERS" --keep-empty
   done
 done
 
-rm -rf "$DATA.tmp"
-fairseq-preprocess --source-lang source --target-lang target \
+run_command rm -rf "$DATA.tmp"
+run_command fairseq-preprocess --source-lang source --target-lang target \
   --trainpref "$WORK/text/train.bpe" --validpref "$WORK/text/val.bpe" --testpref "$WORK/text/test.bpe" \
   --destdir "$DATA.tmp" --workers "$WORKERS" \
   --srcdict "$WORK/gpt2_bpe/dict.txt" --tgtdict "$WORK/gpt2_bpe/dict.txt"
-rm -rf "$DATA"
-mv "$DATA.tmp" "$DATA"
+run_command rm -rf "$DATA"
+run_command mv "$DATA.tmp" "$DATA"
 # The untokenized test references, for ROUGE.
-cp "$WORK/text/test.source" "$WORK/text/test.target" "$DATA/"
-echo "prepare_cnn_dm.sh: binarized data in $DATA, bart.large in $BART_DIR" >&2
+run_command cp "$WORK/text/test.source" "$WORK/text/test.target" "$DATA/"
+dry_run || echo "prepare_cnn_dm.sh: binarized data in $DATA, bart.large in $BART_DIR" >&2

@@ -43,9 +43,9 @@ WARMUP_UPDATES=500
 TOKENS_PER_UPDATE=65536
 
 for f in dict.source.txt dict.target.txt train.source-target.source.bin valid.source-target.source.bin; do
-  [ -f "$DATA/$f" ] || die "binarized data not found: $DATA/$f is missing (run examples/summarization/prepare_cnn_dm.sh or set DATA)"
+  require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing (run examples/summarization/prepare_cnn_dm.sh or set DATA)"
 done
-[ -f "$BART_DIR/model.pt" ] || [ "$SMOKE" = 1 ] || die "pretrained model not found: $BART_DIR/model.pt (run examples/summarization/prepare_cnn_dm.sh or set BART_DIR)"
+[ "$SMOKE" = 1 ] || require_file "$BART_DIR/model.pt" "pretrained model not found: $BART_DIR/model.pt (run examples/summarization/prepare_cnn_dm.sh or set BART_DIR)"
 check_num_gpus
 [[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
 [[ "$SEED" =~ ^[0-9]+$ ]] || die "SEED must be an integer, got '$SEED'"
@@ -67,7 +67,6 @@ smoke=()
 # LAUNCHER is split into words on purpose ("torchrun --nnodes 2 ...").
 # shellcheck disable=SC2206
 launcher=(${LAUNCHER:-})
-train="$(command -v fairseq-train)"
 recipe=(
   --task translation --source-lang source --target-lang target
   --truncate-source --layernorm-embedding --share-all-embeddings --share-decoder-input-output-embed
@@ -81,11 +80,11 @@ recipe=(
   --max-tokens "$MAX_TOKENS" --update-freq "$update_freq" --seed "$SEED"
   --find-unused-parameters --no-epoch-checkpoints
 )
-if [ "$SMOKE" = 1 ] && [ "${DRY_RUN:-0}" != 1 ] && [ ! -f "$BART_DIR/model.pt" ]; then
+if [ "$SMOKE" = 1 ] && [ ! -f "$BART_DIR/model.pt" ]; then
   # The stand-in "pretrained" model: the same command line from scratch, one update.
-  ( set -x; "$train" "$DATA" --user-dir "$user_dir" "${recipe[@]}" --save-dir "$BART_DIR/init" \
-      "${device[@]}" "${smoke[@]}" --max-update 1 "$@" )
-  cp "$BART_DIR/init/checkpoint_last.pt" "$BART_DIR/model.pt"
+  run_command "$train" "$DATA" --user-dir "$user_dir" "${recipe[@]}" --save-dir "$BART_DIR/init" \
+      "${device[@]}" "${smoke[@]}" --max-update 1 "$@"
+  run_command cp "$BART_DIR/init/checkpoint_last.pt" "$BART_DIR/model.pt"
 fi
 run_command "${launcher[@]}" "$train" "$DATA" \
   --user-dir "$user_dir" \

@@ -2,19 +2,33 @@
 # fairseq and the plugin, GPU-count checks, device flags and DRY_RUN.
 # Expects $root (the repository) to be set by the caller.
 #
-# DRY_RUN=1: a training or evaluation script prints the fairseq command line it
-# would run (on NUM_GPUS CUDA GPUs when training) to stderr as one shell-quoted
-# line after "dry run: ", and exits, on any machine.
+# DRY_RUN=1: a script prints every command it would run (fairseq's on NUM_GPUS
+# CUDA GPUs) to stderr, each as one shell-quoted line after "dry run: ", and
+# runs none: it writes nothing, and needs no input data, torch, fairseq or
+# virtual environment, so it works on any machine.
 
 die() { echo "$(basename "$0"): error: $*" >&2; exit 1; }
 
-# Activates the project's .venv unless fairseq is already on PATH; sets user_dir.
+dry_run() { [ "${DRY_RUN:-0}" = 1 ]; }
+
+# require_file FILE MESSAGE: stops with MESSAGE unless FILE exists (a dry run reads no input).
+require_file() { dry_run || [ -f "$1" ] || die "$2"; }
+
+# Activates the project's .venv unless fairseq is already on PATH; sets user_dir
+# (the plugin's folder) and train (fairseq-train's path, which launchers need).
+# A dry run looks for nothing and names the checkout's plugin.
 find_fairseq() {
+  if dry_run; then
+    user_dir="$root/rdrop_fairseq"
+    train="$(command -v fairseq-train || echo fairseq-train)"
+    return 0
+  fi
   command -v fairseq-train >/dev/null || source "$root/scripts/setup_env.sh"
   command -v fairseq-train >/dev/null || die "fairseq-train not found on PATH (install fairseq, see README.md)"
   # find_spec locates the package without importing torch and fairseq.
   user_dir="$(python -c 'import importlib.util as u, os; print(os.path.dirname(u.find_spec("rdrop_fairseq").origin))')" \
     || die "python package rdrop_fairseq is not importable (pip install -e . in $root)"
+  train="$(command -v fairseq-train)"
 }
 
 # NUM_GPUS: 1..8 on one machine; under a multi-node LAUNCHER, the world size.
@@ -31,8 +45,8 @@ check_num_gpus() {
 # CUDA GPUs without looking.
 device_flags() {
   device=()
-  if [ "${DRY_RUN:-0}" = 1 ] || [ "$(python -c 'import torch; print(int(torch.cuda.is_available()))')" = 1 ]; then
-    if [ -z "${LAUNCHER:-}" ] && [ "${DRY_RUN:-0}" != 1 ]; then
+  if dry_run || cuda_available; then
+    if [ -z "${LAUNCHER:-}" ] && ! dry_run; then
       local gpus
       gpus="$(python -c 'import torch; print(torch.cuda.device_count())')"
       [ "$gpus" -ge "$NUM_GPUS" ] || die "NUM_GPUS=$NUM_GPUS but only $gpus GPU(s) visible"
@@ -47,15 +61,42 @@ device_flags() {
   return 0
 }
 
-# Runs the command line, or with DRY_RUN=1 prints it and exits. The line goes to
-# the script's own stderr (fd 3), also where the caller redirects the command's.
+cuda_available() { [ "$(python -c 'import torch; print(int(torch.cuda.is_available()))')" = 1 ]; }
+
+# Sets the array `device` for a one-process evaluation: fairseq's default (the
+# GPU) on CUDA, --cpu without one. DRY_RUN=1 assumes a GPU without looking.
+inference_device() {
+  device=()
+  dry_run || cuda_available || device=(--cpu)
+}
+
+# run_command [<IN] [>OUT | &>OUT] COMMAND...: runs COMMAND with standard input
+# from IN and standard output (with &>, standard error too) to OUT when given,
+# or with DRY_RUN=1 prints it with those redirections and goes on, opening no
+# file. The line goes to the script's own stderr (fd 3), also where the caller
+# redirects the command's.
 exec 3>&2
 run_command() {
-  if [ "${DRY_RUN:-0}" = 1 ]; then
-    echo "dry run: $(printf '%q ' "$@")" >&3
-    exit 0
+  local in="" out="" redirect=""
+  while [[ "${1:-}" == [\<\>\&]* ]]; do
+    case "$1" in
+      \<*) in="${1:1}" ;;
+      \&\>*) out="${1:2}" redirect="&>" ;;
+      *) out="${1:1}" redirect=">" ;;
+    esac
+    shift
+  done
+  if dry_run; then
+    echo "dry run: $(printf '%q ' "$@")${in:+< $(printf '%q ' "$in")}${out:+$redirect $(printf '%q' "$out")}" >&3
+    return 0
   fi
-  ( set -x; "$@" )
+  (
+    [ -z "$in" ] || exec < "$in"
+    [ -z "$out" ] || exec > "$out"
+    [ "$redirect" != "&>" ] || exec 2>&1
+    set -x
+    "$@"
+  )
 }
 
 # SMOKE=1: a training script runs its own command line on a tiny slice of the
@@ -74,20 +115,22 @@ smoke_encoder_decoder=(
 # as test.raw.*, binarized with a joined dictionary.
 smoke_translation_data() {
   local src="$1" tgt="$2" text="$3" data="$4" shipped="$root/data/translation/iwslt14-de-en" l
-  mkdir -p "$text"
+  run_command mkdir -p "$text"
   for l in "$src" "$tgt"; do
-    head -n 200 "$shipped/valid.$l" > "$text/train.tok.$l"
-    sed -n 201,240p "$shipped/valid.$l" > "$text/valid.tok.$l"
-    head -n 40 "$shipped/test.$l" > "$text/test.tok.$l"
+    run_command ">$text/train.tok.$l" head -n 200 "$shipped/valid.$l"
+    run_command ">$text/valid.tok.$l" sed -n 201,240p "$shipped/valid.$l"
+    run_command ">$text/test.tok.$l" head -n 40 "$shipped/test.$l"
     for split in train valid test; do
-      python "$root/examples/translation/mt_prep.py" apply-bpe -c "$shipped/code" \
-        < "$text/$split.tok.$l" > "$text/$split.$l"
+      run_command "<$text/$split.tok.$l" ">$text/$split.$l" \
+        python "$root/examples/translation/mt_prep.py" apply-bpe -c "$shipped/code"
     done
-    python -c 'import sys; from sacremoses import MosesDetokenizer as D; d = D(sys.argv[1])
-for line in sys.stdin: print(d.detokenize(line.split()))' "$l" < "$text/test.tok.$l" > "$text/test.raw.$l"
+    run_command "<$text/test.tok.$l" ">$text/test.raw.$l" python -c 'import sys
+from sacremoses import MosesDetokenizer as D
+d = D(sys.argv[1])
+for line in sys.stdin: print(d.detokenize(line.split()))' "$l"
   done
-  fairseq-preprocess --source-lang "$src" --target-lang "$tgt" \
+  run_command fairseq-preprocess --source-lang "$src" --target-lang "$tgt" \
     --trainpref "$text/train" --validpref "$text/valid" --testpref "$text/test" \
     --destdir "$data" --joined-dictionary --workers 1
-  cp "$text/test.raw.$src" "$text/test.raw.$tgt" "$data/"
+  run_command cp "$text/test.raw.$src" "$text/test.raw.$tgt" "$data/"
 }

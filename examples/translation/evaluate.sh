@@ -13,7 +13,7 @@
 #   GEN_OUT=gen.out bash examples/translation/evaluate.sh iwslt14   # score an existing output only
 #
 # Environment: DATA, CHECKPOINT, GEN_OUT, BEAM, LENPEN, BATCH_SIZE (128), DRY_RUN=1
-# (print the fairseq-generate command line and stop).
+# (print the commands, fairseq-generate's for a GPU, and run none).
 # Extra arguments are passed to fairseq-generate.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,32 +40,28 @@ shift
 BATCH_SIZE="${BATCH_SIZE:-128}"
 
 if [ -n "${GEN_OUT:-}" ]; then
-  [ -f "$GEN_OUT" ] || die "GEN_OUT=$GEN_OUT does not exist"
+  require_file "$GEN_OUT" "GEN_OUT=$GEN_OUT does not exist"
   gen="$GEN_OUT"
 else
   for f in "dict.$src.txt" "test.$src-$tgt.$src.bin"; do
-    [ -f "$DATA/$f" ] || die "binarized data not found: $DATA/$f is missing (set DATA)"
+    require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing (set DATA)"
   done
-  [ -f "$CHECKPOINT" ] || die "checkpoint not found: $CHECKPOINT (set CHECKPOINT)"
-  command -v fairseq-generate >/dev/null || source "$root/scripts/setup_env.sh"
-  command -v fairseq-generate >/dev/null || die "fairseq-generate not found on PATH (install fairseq)"
-  user_dir="$(python -c 'import rdrop_fairseq,os;print(os.path.dirname(rdrop_fairseq.__file__))')" \
-    || die "python package rdrop_fairseq is not importable (pip install -e . in $root)"
-  device=()
-  [ "$(python -c 'import torch; print(int(torch.cuda.is_available()))')" = 1 ] || device=(--cpu)
+  require_file "$CHECKPOINT" "checkpoint not found: $CHECKPOINT (set CHECKPOINT)"
+fi
+[ -z "$raw_ref" ] || require_file "$raw_ref" \
+  "untokenized reference for sacreBLEU not found: $raw_ref (written by prepare_wmt14.sh)"
+find_fairseq
+if [ -z "${GEN_OUT:-}" ]; then
+  inference_device
   gen="$(dirname "$CHECKPOINT")/generate-test.$(basename "$CHECKPOINT" .pt).beam$BEAM.txt"
   # fairseq 0.12 drops a last batch that is not a multiple of
   # --required-batch-size-multiple (default 8), i.e. up to 7 test sentences.
-  run_command fairseq-generate "$DATA" --user-dir "$user_dir" --source-lang "$src" --target-lang "$tgt" \
+  run_command ">$gen" fairseq-generate "$DATA" --user-dir "$user_dir" --source-lang "$src" --target-lang "$tgt" \
     --path "$CHECKPOINT" --gen-subset test --beam "$BEAM" --lenpen "$LENPEN" --remove-bpe \
-    --batch-size "$BATCH_SIZE" --required-batch-size-multiple 1 "${device[@]}" "$@" > "$gen"
-  echo "evaluate.sh: translations in $gen" >&2
+    --batch-size "$BATCH_SIZE" --required-batch-size-multiple 1 "${device[@]}" "$@"
+  dry_run || echo "evaluate.sh: translations in $gen" >&2
 fi
-command -v fairseq-score >/dev/null || source "$root/scripts/setup_env.sh"
 
 ref_args=()
-if [ -n "$raw_ref" ]; then
-  [ -f "$raw_ref" ] || die "untokenized reference for sacreBLEU not found: $raw_ref (written by prepare_wmt14.sh)"
-  ref_args=(--sacrebleu-ref "$raw_ref")
-fi
-python "$root/scripts/compound_split_bleu.py" "$gen" --sacrebleu-lang "$tgt" "${ref_args[@]}"
+[ -z "$raw_ref" ] || ref_args=(--sacrebleu-ref "$raw_ref")
+run_command python "$root/scripts/compound_split_bleu.py" "$gen" --sacrebleu-lang "$tgt" "${ref_args[@]}"

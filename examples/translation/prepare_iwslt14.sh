@@ -18,7 +18,7 @@ root="$(cd "$here/../.." && pwd)"
 source "$here/common.sh"
 
 if [ "${1:-}" = --smoke ]; then
-  command -v fairseq-preprocess >/dev/null || source "$root/scripts/setup_env.sh"
+  find_fairseq
   smoke_translation_data de en "${TEXT:-$root/runs/smoke/iwslt14/text}" "${DATA:-$root/runs/smoke/iwslt14/data-bin}"
   exit 0
 fi
@@ -30,18 +30,17 @@ WORKERS="${WORKERS:-$(nproc 2>/dev/null || echo 1)}"
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[i]}" in
-    --tgz) [ -f "${args[i+1]:-}" ] || die "--tgz file not found: ${args[i+1]:-<missing>}" ;;
-    --orig) [ -d "${args[i+1]:-}" ] || die "--orig folder not found: ${args[i+1]:-<missing>}" ;;
+    --tgz) require_file "${args[i+1]:-}" "--tgz file not found: ${args[i+1]:-<missing>}" ;;
+    --orig) dry_run || [ -d "${args[i+1]:-}" ] || die "--orig folder not found: ${args[i+1]:-<missing>}" ;;
   esac
 done
 
-command -v fairseq-preprocess >/dev/null || source "$root/scripts/setup_env.sh"
-command -v fairseq-preprocess >/dev/null || die "fairseq-preprocess not found on PATH (install fairseq, see README.md)"
-python -c "import sacremoses, subword_nmt" 2>/dev/null || die "python packages sacremoses and subword-nmt are required (pip install sacremoses subword-nmt)"
+find_fairseq
+dry_run || python -c "import sacremoses, subword_nmt" 2>/dev/null || die "python packages sacremoses and subword-nmt are required (pip install sacremoses subword-nmt)"
 
-python "$here/prepare_iwslt14.py" --out "$TEXT" --workers "$WORKERS" "$@"
+run_command python "$here/prepare_iwslt14.py" --out "$TEXT" --workers "$WORKERS" "$@"
 
-fairseq-preprocess --source-lang de --target-lang en \
+run_command fairseq-preprocess --source-lang de --target-lang en \
   --trainpref "$TEXT/train" --validpref "$TEXT/valid" --testpref "$TEXT/test" \
   --destdir "$DATA" --joined-dictionary --workers "$WORKERS"
-echo "prepare_iwslt14.sh: binarized data in $DATA"
+dry_run || echo "prepare_iwslt14.sh: binarized data in $DATA"

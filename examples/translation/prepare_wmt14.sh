@@ -26,7 +26,7 @@ esac
 src="${pair%-*}" tgt="${pair#*-}"
 if [ "${1:-}" = --smoke ]; then
   [ "$pair" = en-de ] || die "--smoke is for en-de only"
-  command -v fairseq-preprocess >/dev/null || source "$root/scripts/setup_env.sh"
+  find_fairseq
   smoke_translation_data en de "${TEXT:-$root/runs/smoke/wmt14/text}" "${DATA:-$root/runs/smoke/wmt14/data-bin}"
   exit 0
 fi
@@ -35,22 +35,21 @@ TEXT="${TEXT:-$root/runs/wmt14_${src}_${tgt}}"
 DATA="${DATA:-$root/runs/data-bin/wmt14_${src}_${tgt}}"
 WORKERS="${WORKERS:-$(nproc 2>/dev/null || echo 1)}"
 for a in "$@"; do
-  if [ "$a" = --no-download ] && [ ! -d "$ORIG" ]; then
+  if [ "$a" = --no-download ] && [ ! -d "$ORIG" ] && ! dry_run; then
     die "--no-download given but the archive folder ORIG=$ORIG does not exist"
   fi
 done
 
-command -v fairseq-preprocess >/dev/null || source "$root/scripts/setup_env.sh"
-command -v fairseq-preprocess >/dev/null || die "fairseq-preprocess not found on PATH (install fairseq, see README.md)"
-python -c "import sacremoses, subword_nmt" 2>/dev/null || die "python packages sacremoses and subword-nmt are required (pip install sacremoses subword-nmt)"
+find_fairseq
+dry_run || python -c "import sacremoses, subword_nmt" 2>/dev/null || die "python packages sacremoses and subword-nmt are required (pip install sacremoses subword-nmt)"
 
-python "$here/prepare_wmt14.py" --pair "$pair" --orig "$ORIG" --out "$TEXT" --workers "$WORKERS" "$@"
+run_command python "$here/prepare_wmt14.py" --pair "$pair" --orig "$ORIG" --out "$TEXT" --workers "$WORKERS" "$@"
 
 vocabulary=()
 [ "$pair" = en-de ] && vocabulary=(--nwordssrc 32768 --nwordstgt 32768)
-fairseq-preprocess --source-lang "$src" --target-lang "$tgt" \
+run_command fairseq-preprocess --source-lang "$src" --target-lang "$tgt" \
   --trainpref "$TEXT/train" --validpref "$TEXT/valid" --testpref "$TEXT/test" \
   --destdir "$DATA" --joined-dictionary "${vocabulary[@]}" --workers "$WORKERS"
 # sacreBLEU needs the untokenized reference next to the binarized data
-cp "$TEXT/test.raw.$src" "$TEXT/test.raw.$tgt" "$DATA/"
-echo "prepare_wmt14.sh: binarized data in $DATA"
+run_command cp "$TEXT/test.raw.$src" "$TEXT/test.raw.$tgt" "$DATA/"
+dry_run || echo "prepare_wmt14.sh: binarized data in $DATA"

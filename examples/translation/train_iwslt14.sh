@@ -33,7 +33,7 @@ MAX_UPDATE="${MAX_UPDATE:-300000}"
 SAVE_DIR="${SAVE_DIR:-$root/runs/checkpoints/iwslt14_de_en_alpha${RDROP_ALPHA}_seed${SEED}}"
 
 for f in dict.de.txt dict.en.txt train.de-en.de.bin valid.de-en.de.bin; do
-  [ -f "$DATA/$f" ] || die "binarized data not found: $DATA/$f is missing (run examples/translation/prepare_iwslt14.sh or set DATA)"
+  require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing (run examples/translation/prepare_iwslt14.sh or set DATA)"
 done
 check_num_gpus
 [[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
@@ -59,7 +59,6 @@ device_flags
 # LAUNCHER is split into words on purpose ("torchrun --nnodes 2 ...").
 # shellcheck disable=SC2206
 launcher=(${LAUNCHER:-})
-train="$(command -v fairseq-train)"
 run_command "${launcher[@]}" "$train" "$DATA" \
   --user-dir "$user_dir" \
   --source-lang de --target-lang en \

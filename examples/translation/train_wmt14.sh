@@ -41,7 +41,7 @@ MAX_UPDATE="${MAX_UPDATE:-300000}"
 SAVE_DIR="${SAVE_DIR:-$root/runs/checkpoints/wmt14_${src}_${tgt}_alpha${RDROP_ALPHA}_seed${SEED}}"
 
 for f in "dict.$src.txt" "dict.$tgt.txt" "train.$src-$tgt.$src.bin" "valid.$src-$tgt.$src.bin"; do
-  [ -f "$DATA/$f" ] || die "binarized data not found: $DATA/$f is missing (run examples/translation/prepare_wmt14.sh $PAIR or set DATA)"
+  require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing (run examples/translation/prepare_wmt14.sh $PAIR or set DATA)"
 done
 check_num_gpus
 [[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
@@ -66,7 +66,6 @@ device_flags
 
 # shellcheck disable=SC2206
 launcher=(${LAUNCHER:-})
-train="$(command -v fairseq-train)"
 run_command "${launcher[@]}" "$train" "$DATA" \
   --user-dir "$user_dir" \
   --source-lang "$src" --target-lang "$tgt" \
@@ -83,10 +82,11 @@ run_command "${launcher[@]}" "$train" "$DATA" \
 # Only rank 0 writes checkpoints; under a multi-node LAUNCHER run this on that node.
 n_saved=0
 [ -d "$SAVE_DIR" ] && n_saved="$(find "$SAVE_DIR" -maxdepth 1 -regex '.*/checkpoint[0-9]+\.pt' | wc -l)"
+dry_run && n_saved="$AVG_CHECKPOINTS"  # what a finished training leaves
 n_avg=$((n_saved < AVG_CHECKPOINTS ? n_saved : AVG_CHECKPOINTS))
 if [ "$n_avg" -gt 0 ]; then
   [ "$n_avg" = "$AVG_CHECKPOINTS" ] || echo "train_wmt14.sh: only $n_avg epoch checkpoints to average" >&2
-  python "$root/scripts/average_checkpoints.py" --inputs "$SAVE_DIR" \
+  run_command python "$root/scripts/average_checkpoints.py" --inputs "$SAVE_DIR" \
     --num-epoch-checkpoints "$n_avg" --output "$SAVE_DIR/checkpoint_avg${AVG_CHECKPOINTS}.pt"
 fi
 if [ "$SMOKE" = 1 ]; then
