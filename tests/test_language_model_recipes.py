@@ -132,6 +132,25 @@ def test_adaptive_input_recipe_has_fairseqs_schedule_and_the_adaptive_criterion(
         assert _flag(args, flag) == value, flag
 
 
+@pytest.mark.parametrize("model", ["transformer", "adaptive"])
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU fallback, on a GPU machine too
+def test_checkpoint_activations_switch_adds_fairseqs_flag_and_keeps_the_batch(tmp_path, model):
+    runs = {}
+    for switch in ("0", "1"):
+        (tmp_path / switch).mkdir()
+        runs[switch] = _train_command_line(tmp_path / switch, model, CHECKPOINT_ACTIVATIONS=switch)
+    assert "--checkpoint-activations" not in runs["0"] and runs["1"].count("--checkpoint-activations") == 1
+    for flag in ("--max-tokens", "--update-freq", "--tokens-per-sample"):
+        assert _flag(runs["1"], flag) == _flag(runs["0"], flag), flag
+
+
+def test_checkpoint_activations_switch_takes_only_0_or_1(tmp_path):
+    data = _empty_data_bin(tmp_path / "data")
+    assert_script_fails_fast(EXAMPLES / "train_wikitext103.sh", ["transformer"],
+                             {"CHECKPOINT_ACTIVATIONS": "yes", "DATA": str(data)},
+                             "CHECKPOINT_ACTIVATIONS must be 0 or 1, got 'yes'")
+
+
 @pytest.mark.parametrize("model,gpus", [("transformer", "3"), ("adaptive", "5")])
 def test_gpu_counts_that_do_not_divide_the_papers_batch_are_refused(tmp_path, model, gpus):
     data = _empty_data_bin(tmp_path / "data")

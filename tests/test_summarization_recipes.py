@@ -70,6 +70,22 @@ def test_story_without_article_text_gives_empty_article():
     assert make_cnn_dm.parse_story("@highlight\n\nOnly a highlight\n") == ("", "Only a highlight .")
 
 
+def test_a_highlight_that_goes_on_over_several_lines_keeps_every_line():
+    # make_datafiles.py: every non-empty line after the first @highlight is highlight text.
+    story = "Lead line.\n\n@highlight\n\nFirst highlight\nwhich goes on here\n\n@highlight\n\nSecond one!\n"
+    assert make_cnn_dm.parse_story(story) == ("Lead line.", "First highlight . which goes on here . Second one!")
+
+
+def test_a_highlight_marker_is_a_line_starting_with_it_and_no_line_mentioning_it_gets_a_period():
+    story = "A line about @highlight markers\n@highlights\nThe highlight\n"
+    assert make_cnn_dm.parse_story(story) == ("A line about @highlight markers", "The highlight .")
+
+
+def test_story_lines_are_the_ones_reading_the_file_gives():
+    # \r and \r\n end a line as in a file read in text mode; U+2028 does not.
+    assert make_cnn_dm.parse_story("One\r\nTwo\u2028half\r@highlight\rH\n") == ("One . Two\u2028half .", "H .")
+
+
 def test_story_file_is_named_by_the_sha1_of_its_url():
     url = "http://www.cnn.com/2014/01/01/world/example/index.html"
     assert make_cnn_dm.story_name(url) == hashlib.sha1(url.encode()).hexdigest() + ".story"
@@ -238,10 +254,22 @@ def test_train_keeps_the_papers_tokens_per_update_when_max_tokens_changes(tmp_pa
     assert "= 66000 tokens per update" in r.stderr
 
 
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU fallback, on a GPU machine too
+def test_checkpoint_activations_switch_adds_fairseqs_flag_and_keeps_the_batch(tmp_path):
+    runs = {}
+    for switch in ("0", "1"):
+        r, runs[switch] = _train_args(tmp_path / switch, CHECKPOINT_ACTIVATIONS=switch)
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert "--checkpoint-activations" not in runs["0"] and runs["1"].count("--checkpoint-activations") == 1
+    for flag in ("--max-tokens", "--update-freq"):
+        assert _flag(runs["1"], flag) == _flag(runs["0"], flag), flag
+
+
 @pytest.mark.parametrize("env,message", [
     ({"NUM_GPUS": "9"}, "NUM_GPUS must be 1..8"),
     ({"RDROP_ALPHA": "-1"}, "RDROP_ALPHA must be a number"),
     ({"MAX_TOKENS": "0"}, "MAX_TOKENS must be a positive integer"),
+    ({"CHECKPOINT_ACTIVATIONS": "yes"}, "CHECKPOINT_ACTIVATIONS must be 0 or 1, got 'yes'"),
     ({"NUM_GPUS": "2"}, "no CUDA device found, so NUM_GPUS must be 1"),
 ])
 @pytest.mark.usefixtures("cuda_hidden")  # the CPU fallback, on a GPU machine too

@@ -593,6 +593,25 @@ def test_train_wmt14_averages_the_last_epoch_checkpoints(tmp_path):
     assert "only 2 epoch checkpoints" in r.stderr
 
 
+@pytest.mark.parametrize("script,src,tgt", [("train_iwslt14.sh", "de", "en"), ("train_wmt14.sh", "en", "de")])
+@pytest.mark.usefixtures("cuda_hidden")  # the CPU fallback, on a GPU machine too
+def test_checkpoint_activations_switch_adds_fairseqs_flag_and_keeps_the_batch(tmp_path, script, src, tgt):
+    runs = {}
+    for switch in ("0", "1"):
+        (tmp_path / switch).mkdir()
+        runs[switch], _ = _run_train(tmp_path / switch, script, src, tgt, CHECKPOINT_ACTIVATIONS=switch)
+    assert "--checkpoint-activations" not in runs["0"] and runs["1"].count("--checkpoint-activations") == 1
+    for flag in ("--max-tokens", "--update-freq"):
+        assert _flag(runs["1"], flag) == _flag(runs["0"], flag), flag
+
+
+@pytest.mark.parametrize("script", ["train_iwslt14.sh", "train_wmt14.sh"])
+def test_checkpoint_activations_switch_takes_only_0_or_1(tmp_path, script):
+    data = str(_fake_dir(tmp_path, *(("de", "en") if script == "train_iwslt14.sh" else ("en", "de"))))
+    assert_script_fails_fast(EXAMPLES / script, [], {"CHECKPOINT_ACTIVATIONS": "yes", "DATA": data},
+                             "CHECKPOINT_ACTIVATIONS must be 0 or 1, got 'yes'")
+
+
 @pytest.mark.parametrize("gpus", ["3", "16"])
 def test_train_wmt14_refuses_gpu_counts_that_do_not_divide_its_batch(tmp_path, gpus):
     message = "NUM_GPUS must be 1..8" if gpus == "16" else "does not divide the recipe's 128 batches"

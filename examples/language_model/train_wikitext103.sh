@@ -24,6 +24,8 @@
 # stop), SMOKE=1 (a few updates of a tiny model on a slice of the shipped
 # WikiText-2, then evaluate_wikitext103.sh; see common.sh). Extra arguments go
 # to fairseq-train, after the recipe's, so they override it.
+# CHECKPOINT_ACTIVATIONS=1 adds fairseq's --checkpoint-activations: the same batch
+# in less memory, for more time per update (README.md, "Performance").
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -51,6 +53,7 @@ for f in dict.txt train.bin valid.bin; do
   require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing (run examples/language_model/prepare_wikitext103.sh or set DATA)"
 done
 check_num_gpus
+checkpoint_activations_flags
 [[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
 
 # The official update, kept on any number of GPUs through --update-freq: every
@@ -116,7 +119,7 @@ run_command "${launcher[@]}" "$train" "$DATA" \
   "${recipe[@]}" \
   --max-tokens "$max_tokens" --update-freq "$update_freq" --max-update "$MAX_UPDATE" --seed "$SEED" \
   --ddp-backend legacy_ddp --no-epoch-checkpoints --save-dir "$SAVE_DIR" \
-  "${device[@]}" "${smoke[@]}" "$@"
+  "${device[@]}" "${checkpointing[@]}" "${smoke[@]}" "$@"
 if [ "$SMOKE" = 1 ]; then
   DATA="$DATA" TOKENS_PER_SAMPLE=64 CONTEXT_WINDOW=32 \
     bash "$here/evaluate_wikitext103.sh" "$SAVE_DIR/checkpoint_best.pt"

@@ -17,6 +17,8 @@
 # model on the stand-in data of prepare_cnn_dm.sh --smoke, restored from a tiny
 # stand-in "pretrained" model trained first by the same command line, then
 # evaluate_cnn_dm.sh; see common.sh). Extra arguments go to fairseq-train.
+# CHECKPOINT_ACTIVATIONS=1 adds fairseq's --checkpoint-activations: the same batch
+# in less memory, for more time per update (README.md, "Performance").
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -47,6 +49,7 @@ for f in dict.source.txt dict.target.txt train.source-target.source.bin valid.so
 done
 [ "$SMOKE" = 1 ] || require_file "$BART_DIR/model.pt" "pretrained model not found: $BART_DIR/model.pt (run examples/summarization/prepare_cnn_dm.sh or set BART_DIR)"
 check_num_gpus
+checkpoint_activations_flags
 [[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
 [[ "$SEED" =~ ^[0-9]+$ ]] || die "SEED must be an integer, got '$SEED'"
 [[ "$MAX_TOKENS" =~ ^[1-9][0-9]*$ ]] || die "MAX_TOKENS must be a positive integer, got '$MAX_TOKENS'"
@@ -83,7 +86,7 @@ recipe=(
 if [ "$SMOKE" = 1 ] && [ ! -f "$BART_DIR/model.pt" ]; then
   # The stand-in "pretrained" model: the same command line from scratch, one update.
   run_command "$train" "$DATA" --user-dir "$user_dir" "${recipe[@]}" --save-dir "$BART_DIR/init" \
-      "${device[@]}" "${smoke[@]}" --max-update 1 "$@"
+      "${device[@]}" "${checkpointing[@]}" "${smoke[@]}" --max-update 1 "$@"
   run_command cp "$BART_DIR/init/checkpoint_last.pt" "$BART_DIR/model.pt"
 fi
 run_command "${launcher[@]}" "$train" "$DATA" \
@@ -91,7 +94,7 @@ run_command "${launcher[@]}" "$train" "$DATA" \
   --restore-file "$BART_DIR/model.pt" \
   --reset-optimizer --reset-dataloader --reset-meters \
   "${recipe[@]}" --save-dir "$SAVE_DIR" \
-  "${device[@]}" "${smoke[@]}" "$@"
+  "${device[@]}" "${checkpointing[@]}" "${smoke[@]}" "$@"
 if [ "$SMOKE" = 1 ]; then
   DATA="$DATA" CHECKPOINT="$SAVE_DIR/checkpoint_best.pt" GPT2_BPE="$(dirname "$DATA")/work/gpt2_bpe" \
     bash "$here/evaluate_cnn_dm.sh" --beam 2 --min-len 1 --max-len-b 8 --batch-size 4

@@ -40,6 +40,20 @@ check_num_gpus() {
   fi
 }
 
+# CHECKPOINT_ACTIVATIONS=1 sets the array `checkpointing` to fairseq's
+# --checkpoint-activations: every layer's activations are recomputed during
+# backward instead of kept, with the forward's dropout masks, so R-Drop's
+# doubled batch trains exactly as without (tests/test_activation_checkpointing.py)
+# in less memory and more time; --max-tokens and --update-freq stay.
+checkpoint_activations_flags() {
+  checkpointing=()
+  case "${CHECKPOINT_ACTIVATIONS:-0}" in
+    0) ;;
+    1) checkpointing=(--checkpoint-activations) ;;
+    *) die "CHECKPOINT_ACTIVATIONS must be 0 or 1, got '$CHECKPOINT_ACTIVATIONS'" ;;
+  esac
+}
+
 # Sets the array `device`: distributed world size and --fp16 (FP16=1) on CUDA,
 # --cpu without a GPU (only useful to try a recipe). DRY_RUN=1 assumes NUM_GPUS
 # CUDA GPUs without looking.

@@ -12,6 +12,8 @@
 # (a torchrun command line for multi-node), DRY_RUN=1 (print the command line
 # and stop), SMOKE=1 (a few updates of a tiny model on the shipped IWSLT'14
 # slice, then evaluate.sh; see common.sh). Extra arguments go to fairseq-train.
+# CHECKPOINT_ACTIVATIONS=1 adds fairseq's --checkpoint-activations: the same batch
+# in less memory, for more time per update (README.md, "Performance").
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -36,6 +38,7 @@ for f in dict.de.txt dict.en.txt train.de-en.de.bin valid.de-en.de.bin; do
   require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing (run examples/translation/prepare_iwslt14.sh or set DATA)"
 done
 check_num_gpus
+checkpoint_activations_flags
 [[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
 [[ "$SEED" =~ ^[0-9]+$ && "$MAX_UPDATE" =~ ^[0-9]+$ ]] || die "SEED and MAX_UPDATE must be integers"
 
@@ -73,7 +76,7 @@ run_command "${launcher[@]}" "$train" "$DATA" \
   --eval-bleu-detok moses --eval-bleu-remove-bpe \
   --best-checkpoint-metric bleu --maximize-best-checkpoint-metric \
   --no-epoch-checkpoints --save-dir "$SAVE_DIR" \
-  "${device[@]}" "${smoke[@]}" "$@"
+  "${device[@]}" "${checkpointing[@]}" "${smoke[@]}" "$@"
 if [ "$SMOKE" = 1 ]; then
   DATA="$DATA" CHECKPOINT="$SAVE_DIR/checkpoint_best.pt" bash "$here/evaluate.sh" iwslt14
 fi

@@ -16,6 +16,8 @@
 # torchrun for multi-node), DRY_RUN=1 (print the command line and stop),
 # SMOKE=1 (two epochs of a tiny model on a slice of data/, averaging and
 # evaluate.sh; see common.sh). Extra arguments are passed to fairseq-train.
+# CHECKPOINT_ACTIVATIONS=1 adds fairseq's --checkpoint-activations: the same batch
+# in less memory, for more time per update (README.md, "Performance").
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -44,6 +46,7 @@ for f in "dict.$src.txt" "dict.$tgt.txt" "train.$src-$tgt.$src.bin" "valid.$src-
   require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing (run examples/translation/prepare_wmt14.sh $PAIR or set DATA)"
 done
 check_num_gpus
+checkpoint_activations_flags
 [[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
 [[ "$SEED" =~ ^[0-9]+$ && "$MAX_UPDATE" =~ ^[0-9]+$ ]] || die "SEED and MAX_UPDATE must be integers"
 [[ "$AVG_CHECKPOINTS" =~ ^[0-9]+$ ]] || die "AVG_CHECKPOINTS must be 0 (no averaging) or a positive integer"
@@ -77,7 +80,7 @@ run_command "${launcher[@]}" "$train" "$DATA" \
   --max-tokens "$max_tokens" --update-freq "$update_freq" \
   --max-update "$MAX_UPDATE" --seed "$SEED" \
   "${checkpoints[@]}" --save-dir "$SAVE_DIR" \
-  "${device[@]}" "${smoke[@]}" "$@"
+  "${device[@]}" "${checkpointing[@]}" "${smoke[@]}" "$@"
 
 # Only rank 0 writes checkpoints; under a multi-node LAUNCHER run this on that node.
 n_saved=0
