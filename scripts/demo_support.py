@@ -14,12 +14,13 @@ import os
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import deque
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from scripts.fairseq_logs import curves, parse_record, plot
@@ -52,46 +53,120 @@ def thread_env(threads):
     return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
 
 
-# Commands running now, so that a failing run can stop the runs beside it.
+# Commands running now, so that stopping the demo (Ctrl-C, or a failing run)
+# can end them, and whether the demo is stopping, so that no command starts then.
 _RUNNING = set()
 _RUNNING_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+# Seconds a stopped command has to exit after SIGTERM before its processes are killed.
+STOP_GRACE = 5
+
+
+class DemoStopped(Exception):
+    """A command that was stopped, or not started, because the demo is stopping."""
+
+
+def command_line(cmd):
+    return " ".join(str(c) for c in cmd)
 
 
 def run_command(cmd, log_path, env=None, on_line=None):
     """Runs a command with its output appended to log_path, feeding each line to
-    ``on_line``; on failure, stops with the log's last lines and its path."""
+    ``on_line``; on failure, stops with the log's last lines and its path.
+
+    The command runs in a process group of its own, so that stopping the demo
+    ends it with every process it started, and a terminal's Ctrl-C reaches the
+    demo alone, which then stops its commands itself. While the demo is
+    stopping, a command is not started, and one that was stopped raises
+    :class:`DemoStopped`."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail = deque(maxlen=30)
     # Line-buffered, so the log can be followed (tail -f) while the command runs.
     with open(log_path, "a", encoding="utf-8", buffering=1) as sink:
-        sink.write("$ " + " ".join(str(c) for c in cmd) + "\n")
-        with subprocess.Popen(
-            [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-            errors="replace",
-        ) as proc:
+        sink.write(f"$ {command_line(cmd)}\n")
+        with _RUNNING_LOCK:
+            if _STOPPING.is_set():
+                raise DemoStopped(f"{Path(str(cmd[0])).name} not started: the demo is stopping")
+            proc = subprocess.Popen(
+                [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                errors="replace", start_new_session=True,
+            )
+            _RUNNING.add(proc)
+        try:
+            for line in proc.stdout:
+                sink.write(line)
+                tail.append(line)
+                if on_line:
+                    on_line(line)
+            proc.wait()
+            # What the command left running in its group ends with it.
+            _signal_group(proc, signal.SIGKILL)
+        except BaseException:
+            # Ctrl-C while the main thread runs a command (data preparation).
+            end_process_groups([proc])
+            raise
+        finally:
+            proc.stdout.close()
             with _RUNNING_LOCK:
-                _RUNNING.add(proc)
-            try:
-                for line in proc.stdout:
-                    sink.write(line)
-                    tail.append(line)
-                    if on_line:
-                        on_line(line)
-            finally:
-                with _RUNNING_LOCK:
-                    _RUNNING.discard(proc)
+                _RUNNING.discard(proc)
     if proc.returncode != 0:
+        if _STOPPING.is_set():
+            raise DemoStopped(f"{Path(str(cmd[0])).name} stopped; its log: {log_path}")
         raise SystemExit(
             f"{Path(str(cmd[0])).name} failed (exit status {proc.returncode}); the last lines of its log:\n"
             + "".join(tail) + f"full log: {log_path}"
         )
 
 
+def run_once(cmd, output, env=None, announce=None):
+    """Runs a command with its whole output kept in ``output`` (logging
+    ``announce`` first), unless ``output`` holds the output of the same command
+    line already. Written under a temporary name and renamed when the command
+    has succeeded, so that an interrupted or failed command leaves nothing to
+    be reused."""
+    output = Path(output)
+    if output.exists():
+        with open(output, encoding="utf-8", errors="replace") as made:
+            if made.readline() == f"$ {command_line(cmd)}\n":
+                return
+    if announce:
+        log(announce)
+    partial = output.with_name(output.name + ".tmp")
+    partial.unlink(missing_ok=True)
+    run_command(cmd, partial, env=env)
+    partial.rename(output)
+
+
+def _signal_group(proc, signum):
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass  # the whole group has exited
+
+
+def end_process_groups(procs, grace=STOP_GRACE):
+    """Ends each command with every process of its group: SIGTERM, then, for
+    whatever is left after ``grace`` seconds (a process that ignores SIGTERM, or
+    one its command started and left behind), SIGKILL."""
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(proc, signal.SIGKILL)
+
+
 def stop_running_commands():
+    """Stops the demo's commands: none starts from now on, and every running one
+    ends with its process group."""
     with _RUNNING_LOCK:
-        for proc in _RUNNING:
-            proc.terminate()
+        _STOPPING.set()
+        running = list(_RUNNING)
+    end_process_groups(running)
 
 
 class TrainingProgress:
@@ -138,10 +213,10 @@ class TrainingProgress:
         self.bar.close()
 
 
-def fairseq_train(args, run):
-    """``fairseq-train ARGS --save-dir`` for a :class:`DemoRun`, with a progress bar
-    and the full output in ``train.log`` in its folder, or the cached result of
-    a finished run.
+def fairseq_train(run):
+    """``fairseq-train`` with a :class:`DemoRun`'s arguments and ``--save-dir``,
+    with a progress bar and the full output in ``train.log`` in its folder, or
+    the cached result of a finished run.
 
     Returns (log file, training seconds). A run that did not finish is started
     again from scratch, so an interrupted demo never reports a partial run.
@@ -157,7 +232,7 @@ def fairseq_train(args, run):
     progress = TrainingProgress(run.label, run.budget["max_update"], run.position)
     start = time.time()
     try:
-        run_command([tool("fairseq-train"), *args, "--save-dir", run.save_dir], log_file,
+        run_command([tool("fairseq-train"), *run.train_args, "--save-dir", run.save_dir], log_file,
                     env=thread_env(run.threads), on_line=progress.feed)
     except SystemExit as failure:
         if "KeyError: 'bleu'" not in str(failure):
@@ -175,10 +250,12 @@ def fairseq_train(args, run):
     return log_file, seconds
 
 
-def add_demo_arguments(parser, setup, budgets, alpha, workdir):
-    """The options every demo has: budget, seeds, alpha, setup overrides, threads, workdir."""
+def add_demo_arguments(parser, setup, budgets, alpha, workdir, default_minutes):
+    """The options every demo has: budget, seeds, alpha, setup overrides, threads,
+    workdir; ``default_minutes``: the default budget's measured time, end to end."""
     parser.add_argument("--budget", choices=sorted(budgets), default=os.environ.get("RDROP_DEMO_BUDGET", "default"),
-                        help="update budget (env RDROP_DEMO_BUDGET): default finishes in about 25 min on 2 cores")
+                        help=f"update budget (env RDROP_DEMO_BUDGET): default takes about {default_minutes} minutes "
+                             "on 2 cores once the environment is set up")
     parser.add_argument("--full", action="store_const", const="full", dest="budget", help="same as --budget full")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="seeds; each trains every arm (default: the budget's, seed 1 unless it says)")
@@ -276,18 +353,52 @@ def demo_parser(doc):
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def setup_tag(setup):
-    """A short hash of a setup dict, naming the runs trained with it."""
-    return hashlib.sha1(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:8]
+def content_hash(path):
+    """A sha1 of what a file or folder holds: each file's path inside it and its
+    bytes, in sorted order. Logs and Python's byte-code caches are left out:
+    they change from one making to the next without changing the content."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: a command's path argument must exist to be identified "
+                                "by its content")
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix not in (".log", ".pyc")
+                       and "__pycache__" not in f.relative_to(path).parts)
+    digest = hashlib.sha1()
+    for file in files:
+        data = file.read_bytes()
+        digest.update(f"{file.relative_to(path).as_posix()}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def command_tag(program, args):
+    """A short hash naming what ``program ARGS`` makes: every argument in order,
+    each path standing for its content (:func:`content_hash`). So a change to
+    any flag, to the data or to the plugin's code (``--user-dir``) gives a new
+    tag, while the same data and code elsewhere (another work folder, another
+    clone) give the same one."""
+    digest = hashlib.sha1(program.encode())
+    for arg in args:
+        digest.update(b"\0" + (f"<{content_hash(arg)}>" if isinstance(arg, Path) else str(arg)).encode())
+    return digest.hexdigest()[:8]
 
 
 class DemoRun:
     """One training of a demo: arm, alpha, seed, its budget (``max_update`` and
-    validation interval) and where it goes; ``position`` is its progress bar's row."""
+    validation interval), its fairseq-train arguments, ``train_args(run)``, and
+    its folder in ``workdir``, named by arm, alpha, seed, updates and the
+    :func:`command_tag` of those arguments, so that a finished run is reused
+    only by the same command; ``position`` is its progress bar's row."""
 
-    def __init__(self, arm, alpha, seed, budget, save_dir, threads):
+    def __init__(self, arm, alpha, seed, budget, threads, workdir, train_args):
         self.arm, self.alpha, self.seed, self.budget = arm, alpha, seed, budget
-        self.save_dir, self.threads, self.position = save_dir, threads, 0
+        self.threads, self.position = threads, 0
+        self.train_args = train_args(self)
+        tag = command_tag("fairseq-train", self.train_args)
+        self.save_dir = Path(workdir) / f"{arm}-alpha{alpha:g}-seed{seed}-{budget['max_update']}-{tag}"
 
     @property
     def label(self):
@@ -362,23 +473,19 @@ def transformer_args(setup):
 def generate(bin_dir, run, split, options, sentences):
     """{sentence id: detokenized hypothesis} of ``fairseq-generate OPTIONS`` with a
     run's checkpoint_best.pt on ``split``, whose output (the whole log) is kept as
-    ``generate-{split}.txt`` in the run's folder and reused. Stops when any of
-    the split's ``sentences`` has no hypothesis."""
+    ``generate-{split}.txt`` in the run's folder and reused by the same command
+    (:func:`run_once`). Stops when any of the split's ``sentences`` has no
+    hypothesis."""
     out = run.save_dir / f"generate-{split}.txt"
-    if not out.exists():
-        tmp = out.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        log(f"{run.label}: generating {split}, log in {out}")
-        run_command(
-            [
-                tool("fairseq-generate"), bin_dir, "--user-dir", USER_DIR, "--path", run.save_dir / "checkpoint_best.pt",
-                "--gen-subset", split, "--cpu",
-                # fairseq otherwise drops a last batch whose size is not a multiple of 8
-                "--required-batch-size-multiple", 1, *options,
-            ],
-            tmp, env=thread_env(run.threads),
-        )
-        tmp.rename(out)
+    run_once(
+        [
+            tool("fairseq-generate"), bin_dir, "--user-dir", USER_DIR, "--path", run.save_dir / "checkpoint_best.pt",
+            "--gen-subset", split, "--cpu",
+            # fairseq otherwise drops a last batch whose size is not a multiple of 8
+            "--required-batch-size-multiple", 1, *options,
+        ],
+        out, env=thread_env(run.threads), announce=f"{run.label}: generating {split}, log in {out}",
+    )
     hyps = read_hypotheses(out)
     missing = sorted(set(range(sentences)) - set(hyps))
     if missing:
@@ -397,11 +504,11 @@ def read_hypotheses(generate_output):
     return hyps
 
 
-def start_demo(doc, setup, budgets, alpha, workdir, launcher, argv=None):
+def start_demo(doc, setup, budgets, alpha, workdir, launcher, default_minutes, argv=None):
     """(args, budget, setup) of a demo's command line, with fairseq checked and
     the work folder created: the start every demo's main() shares."""
     parser = demo_parser(doc)
-    add_demo_arguments(parser, setup, budgets, alpha=alpha, workdir=workdir)
+    add_demo_arguments(parser, setup, budgets, alpha=alpha, workdir=workdir, default_minutes=default_minutes)
     args = parser.parse_args(argv)
     budget, resolved = resolve_setup(args, parser, setup, budgets)
     require_fairseq(launcher)
@@ -421,45 +528,131 @@ def arms(args, budget):
     return chosen
 
 
-def run_arms(args, budget, setup, train_and_score):
+def run_arms(args, budget, setup, train_args, train_and_score):
     """The results of a demo: for every arm and seed, the dict
-    ``train_and_score(run)`` returns for a :class:`DemoRun`. Runs go ``--jobs`` at
-    a time, longest first; a run's folder names its arm, alpha, seed, updates and
-    a hash of the setup and budget, so finished runs are found again."""
-    # What changes a run's training or its cached outputs besides the setup: the
-    # validation (and checkpoint) interval and the beam.
-    tag = setup_tag({**setup, "budget.interval": budget["interval"], "budget.beam": budget.get("beam")})
+    ``train_and_score(run)`` returns for a :class:`DemoRun` whose fairseq-train
+    arguments are ``train_args(run)``. Runs go ``--jobs`` at a time, longest
+    first; finished runs are found again by their command (:class:`DemoRun`).
+
+    Ctrl-C (or SIGTERM, SIGHUP) or a failing run stops the demo: no further run
+    starts, every running command ends with its processes, and the last lines
+    list the runs that finished (kept, reused next time), were stopped and were
+    not started, with their folders; the exit status is 1 for a failure and
+    128 + the signal's number for a signal (130 for Ctrl-C), as shells give."""
     results = {"budget": args.budget, "max_update": budget["max_update"], "setup": setup,
                "threads": args.threads, "jobs": args.jobs, "runs": {}}
     runs = []
     for name, alpha, updates in arms(args, budget):
         results["runs"][name] = {"alpha": alpha, "max_update": updates, "seeds": []}
-        for seed in args.seeds:
-            save_dir = args.workdir / f"{name}-alpha{alpha:g}-seed{seed}-{updates}-{tag}"
-            runs.append(DemoRun(name, alpha, seed, dict(budget, max_update=updates), save_dir, args.threads))
-    positions = queue.SimpleQueue()
-    for position in range(args.jobs):
-        positions.put(position)
+        runs += [DemoRun(name, alpha, seed, dict(budget, max_update=updates), args.threads, args.workdir, train_args)
+                 for seed in args.seeds]
+    queued = queue.SimpleQueue()
+    for run in sorted(runs, key=lambda r: -r.cost):
+        queued.put(run)
+    outcomes = {}  # run: ("finished", result) | ("stopped", None) | ("failed", exception)
+    _STOPPING.clear()
 
-    def one(run):
-        run.position = positions.get()
+    def work(position, finished):
         try:
-            return train_and_score(run)
+            while not _STOPPING.is_set():
+                try:
+                    run = queued.get_nowait()
+                except queue.Empty:
+                    return
+                run.position = position
+                try:
+                    outcomes[run] = ("finished", train_and_score(run))
+                except DemoStopped:
+                    outcomes[run] = ("stopped", None)
+                except BaseException as failure:  # SystemExit of a failed command, or any error
+                    outcomes[run] = ("failed", failure)
+                    stop_running_commands()
         finally:
-            positions.put(run.position)
+            finished.set()
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {run: pool.submit(one, run) for run in sorted(runs, key=lambda r: -r.cost)}
-        finished, pending = wait(futures.values(), return_when=FIRST_EXCEPTION)
-        failed = [f for f in finished if f.exception() is not None]
-        if failed:
-            for future in pending:
-                future.cancel()
-            stop_running_commands()
-            raise failed[0].exception()
+    # The main thread polls flags rather than joining the workers: Python 3.11's
+    # Thread.join() interrupted by Ctrl-C can take a running thread for ended.
+    finished = [threading.Event() for _ in range(args.jobs)]
+    for position, flag in enumerate(finished):
+        threading.Thread(target=work, args=(position, flag), daemon=True).start()
+    signum = None
+    try:
+        while not all(flag.is_set() for flag in finished):
+            time.sleep(0.1)
+    except KeyboardInterrupt as interrupt:
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        # A second Ctrl-C must not cut the stopping short and leave processes behind.
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+        stop_running_commands()
+        for flag in finished:
+            flag.wait()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    failures = [(run, failure) for run, (state, failure) in outcomes.items() if state == "failed"]
+    if signum is not None or failures:
+        for run, failure in failures:
+            text = str(failure) if isinstance(failure, SystemExit) else "".join(traceback.format_exception(failure))
+            log(f"{run.label} failed: {text}")
+        report_stop(runs, outcomes, f"stopped by {STOP_SIGNALS[signum]}" if signum is not None
+                    else f"stopped because {failures[0][0].label} failed")
+        raise SystemExit(1 if signum is None else 128 + signum)
     for run in runs:
-        results["runs"][run.arm]["seeds"].append({"seed": run.seed, **futures[run].result()})
+        results["runs"][run.arm]["seeds"].append({"seed": run.seed, **outcomes[run][1]})
     return results
+
+
+def report_stop(runs, outcomes, reason):
+    """The last lines of a stopped demo: what became of each run, and its folder."""
+    states = {run: outcomes.get(run, ("not started", None))[0] for run in runs}
+    counts = ", ".join(f"{sum(s == state for s in states.values())} {state}"
+                       for state in ("finished", "stopped", "failed", "not started"))
+    log(f"{reason}: {counts}")
+    for run in runs:
+        state = states[run]
+        if state == "finished":
+            fate = "finished, kept: the next start reuses it"
+        elif state == "not started":
+            log(f"  {run.label}: not started")
+            continue
+        elif (run.save_dir / "done").exists():
+            fate = f"{state} after training; the training is kept, the evaluation runs again next time"
+        else:
+            fate = f"{state}; trained again from the start next time"
+        log(f"  {run.label}: {fate}; logs in {run.save_dir}")
+
+
+# The signals that stop a demo, as the last lines name them.
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (the terminal closed) raised as Ctrl-C is, naming its signal."""
+
+    def __init__(self, signum):
+        super().__init__(STOP_SIGNALS[signum])
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
+def run_demo(main):
+    """Runs a demo's ``main()`` so that SIGTERM and SIGHUP stop it as Ctrl-C
+    does (:func:`run_arms`): its commands run in process groups of their own,
+    which the terminal's signals do not reach. Stopped outside the runs (while
+    preparing data), it says so and exits with 128 + the signal's number; a
+    prepared data folder is used only once complete, so nothing half-made is
+    taken up next time."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    try:
+        main()
+    except KeyboardInterrupt as interrupt:
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        log(f"stopped by {STOP_SIGNALS[signum]}; data folders are used only once complete, so the next start "
+            "prepares again whatever was not")
+        raise SystemExit(128 + signum) from None
 
 
 def write_results(results, work, title):

@@ -1,5 +1,6 @@
-"""The README's main job, end to end in the tiny budget."""
+"""The README's main job, end to end in the tiny budget, and the setup it trains."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -60,3 +61,32 @@ def test_translation_demo_shows_progress_bars_and_keeps_fairseq_output_in_run_lo
         assert "fairseq_cli.train | done training" in logged and '"valid_num_updates": "30"' in logged
         assert (run_dir / "generate-test.txt").read_text().count("\nD-") > 0
     assert "| INFO |" not in out and "fairseq_cli" not in out
+
+
+def test_translation_demo_trains_the_measured_setup(tmp_path):
+    """fairseq's reading of the default run's command: the setup of the README's
+    measured runs (examples/translation/README.md), value by value."""
+    from fairseq import options
+
+    from scripts.demo_support import DemoRun
+
+    spec = importlib.util.spec_from_file_location("demo_multi30k", REPO / "examples/translation/demo_multi30k.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    budget = demo.BUDGETS["default"]
+    run = DemoRun("rdrop", 5.0, 1, budget, 1, tmp_path, lambda run: demo.train_args(tmp_path, run, demo.SETUP))
+    parsed = options.parse_args_and_arch(options.get_training_parser(), [str(a) for a in run.train_args])
+    measured = {
+        "arch": "transformer", "share_all_embeddings": True, "encoder_layers": 2, "decoder_layers": 2,
+        "encoder_embed_dim": 128, "decoder_embed_dim": 128, "encoder_ffn_embed_dim": 512,
+        "decoder_ffn_embed_dim": 512, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
+        "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1,
+        "criterion": "label_smoothed_cross_entropy_rdrop", "rdrop_alpha": 5.0, "label_smoothing": 0.1,
+        "optimizer": "adam", "adam_betas": "(0.9,0.98)", "lr": [0.002], "clip_norm": 0.0,
+        "lr_scheduler": "inverse_sqrt", "warmup_updates": 200, "warmup_init_lr": 1e-07, "weight_decay": 0.0001,
+        "max_tokens": 2048, "max_update": 1000, "validate_interval_updates": 100, "seed": 1,
+        "eval_bleu": True, "eval_bleu_args": '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}',
+        "eval_bleu_remove_bpe": "sentencepiece", "best_checkpoint_metric": "bleu",
+        "maximize_best_checkpoint_metric": True,
+    }
+    assert {key: getattr(parsed, key) for key in measured} == measured

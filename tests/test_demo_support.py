@@ -1,14 +1,24 @@
-"""What the three demos share: seed statistics, the progress display, failing commands."""
+"""What the three demos share: seed statistics, the progress display, failing
+commands, stopping on Ctrl-C or a failure, and reusing a run only for the same command."""
 
+import argparse
+import importlib.util
 import math
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from .cli import REPO  # noqa: F401  (puts the repository on sys.path)
+from .cli import REPO
 
 from scripts.demo_support import (  # noqa: E402
-    DemoRun, TrainingProgress, describe_gain, fairseq_train, paired_gain, run_command, seed_rows, seed_sd,
+    USER_DIR, DemoRun, TrainingProgress, command_tag, describe_gain, fairseq_train, paired_gain, run_arms,
+    run_command, run_once, seed_rows, seed_sd,
 )
 
 
@@ -107,11 +117,270 @@ def test_a_run_without_any_validation_bleu_stops_with_the_reason_and_the_fix(tmp
     fake = fake_bin / "fairseq-train"
     fake.write_text("#!/bin/sh\necho 'Traceback (most recent call last):'\necho \"KeyError: 'bleu'\"\nexit 1\n")
     fake.chmod(0o755)
-    run = DemoRun("rdrop", 5.0, 1, {"max_update": 30}, tmp_path / "run", threads=1)
+    run = DemoRun("rdrop", 5.0, 1, {"max_update": 30}, 1, tmp_path, lambda run: ["--max-update", 30])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("scripts.demo_support.tool", lambda name: str(fake_bin / name))
         with pytest.raises(SystemExit) as stopped:
-            fairseq_train(["--max-update", 30], run)
+            fairseq_train(run)
     message = str(stopped.value)
     assert "KeyError: 'bleu'" in message and f"full log: {run.save_dir / 'train.log'}" in message
     assert "every validation translation was empty" in message and "train longer (--max-update)" in message
+
+
+# A demo as the three are built (run_demo, run_arms, run_command), whose runs are
+# stand-in commands: each writes a marker file naming its pid and, when it
+# sleeps, the pid of a process it started, so that a test sees which runs
+# started and whether any process outlived the demo.
+STAND_IN_RUN = r"""
+import subprocess, sys, time
+from pathlib import Path
+marker, behaviour = Path(sys.argv[1]), sys.argv[2]
+pids = [subprocess.os.getpid()]
+if behaviour == "sleep":
+    pids.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                 stdout=subprocess.DEVNULL).pid)
+marker.write_text(" ".join(map(str, pids)))
+if behaviour == "sleep":
+    time.sleep(120)
+elif behaviour.startswith("fail-after:"):
+    wait_for = Path(behaviour.partition(":")[2])
+    while not wait_for.exists():
+        time.sleep(0.05)
+    print("stand-in failure")
+    sys.exit(1)
+"""
+
+STAND_IN_DEMO = r"""
+import argparse, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from scripts import demo_support
+from scripts.demo_support import run_arms, run_command, run_demo
+
+work, behaviours = Path(sys.argv[2]), dict(item.split("=", 1) for item in sys.argv[3:])
+
+
+def train_and_score(run):
+    marker = work / "markers" / f"{run.arm}-{run.seed}"
+    run_command([sys.executable, "-c", open(work / "run.py").read(), marker,
+                 behaviours.get(marker.name, "sleep")], run.save_dir / "train.log")
+    return {}
+
+
+def main():
+    if "prepare" in behaviours:  # data preparation, stopped while binarizing
+        fake_bin = work / "bin"
+        demo_support.tool = lambda name: str(fake_bin / name)
+        prefixes = {split: work / split for split in ("train", "valid", "test")}
+        demo_support.binarize_pairs(prefixes, "en", "de", work / "data-bin")
+        return
+    args = argparse.Namespace(budget="stand-in", threads=1, jobs=2, seeds=[1, 2], alpha=5.0, workdir=work / "runs")
+    budget = {"max_update": 10, "interval": 5, "compute_matched": True}
+    run_arms(args, budget, {}, lambda run: ["--seed", run.seed, "--rdrop-alpha", run.alpha], train_and_score)
+
+
+run_demo(main)
+"""
+
+# Longest first (R-Drop's and baseline_2x's cost alike), two at a time.
+ORDER = ["rdrop-1", "rdrop-2", "baseline_2x-1", "baseline_2x-2", "baseline-1", "baseline-2"]
+
+
+def alive(pid):
+    """Whether a process runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for(condition, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def start_stand_in_demo(work, *behaviours):
+    (work / "markers").mkdir(parents=True)
+    (work / "run.py").write_text(STAND_IN_RUN)
+    (work / "demo.py").write_text(STAND_IN_DEMO)
+    return subprocess.Popen([sys.executable, str(work / "demo.py"), str(REPO), str(work), *behaviours],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def markers(work):
+    """{run: pids} of the stand-in runs that started."""
+    return {m.name: [int(p) for p in m.read_text().split()] for m in (work / "markers").iterdir() if m.read_text()}
+
+
+def run_folder(work, name):
+    arm, seed = name.rsplit("-", 1)
+    (folder,) = (work / "runs").glob(f"{arm}-alpha*-seed{seed}-*")
+    return folder
+
+
+def summary_lines(out, count):
+    return [line for line in out.splitlines() if line.startswith("[demo]")][-count:]
+
+
+@pytest.mark.parametrize("signum, status, named", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_an_interrupt_stops_the_demo_keeps_finished_runs_and_leaves_no_process(tmp_path, signum, status, named):
+    demo = start_stand_in_demo(tmp_path, "rdrop-1=quick")
+    try:
+        wait_for(lambda: set(markers(tmp_path)) == set(ORDER[:3]))
+        sent = time.monotonic()
+        demo.send_signal(signum)
+        out, _ = demo.communicate(timeout=30)
+    finally:
+        demo.kill()
+    assert time.monotonic() - sent < 10  # the stand-ins exit at once on SIGTERM
+    assert demo.returncode == status, out
+    started = markers(tmp_path)
+    assert set(started) == set(ORDER[:3]), "a queued run started after the interrupt"
+    assert not [pid for pids in started.values() for pid in pids if alive(pid)]
+    assert summary_lines(out, 7) == [
+        f"[demo] stopped by {named}: 1 finished, 2 stopped, 0 failed, 3 not started",
+        "[demo]   baseline seed 1: not started",
+        "[demo]   baseline seed 2: not started",
+        f"[demo]   rdrop seed 1: finished, kept: the next start reuses it; logs in {run_folder(tmp_path, 'rdrop-1')}",
+        f"[demo]   rdrop seed 2: stopped; trained again from the start next time; "
+        f"logs in {run_folder(tmp_path, 'rdrop-2')}",
+        f"[demo]   baseline_2x seed 1: stopped; trained again from the start next time; "
+        f"logs in {run_folder(tmp_path, 'baseline_2x-1')}",
+        "[demo]   baseline_2x seed 2: not started",
+    ]
+
+
+def test_a_failing_run_stops_the_demo_before_any_queued_run_starts(tmp_path):
+    demo = start_stand_in_demo(tmp_path, f"rdrop-1=fail-after:{tmp_path / 'markers' / 'rdrop-2'}")
+    try:
+        out, _ = demo.communicate(timeout=60)
+    finally:
+        demo.kill()
+    assert demo.returncode == 1, out
+    started = markers(tmp_path)
+    assert set(started) == set(ORDER[:2]), "a queued run started after the failure"
+    assert not [pid for pids in started.values() for pid in pids if alive(pid)]
+    failed_log = run_folder(tmp_path, "rdrop-1") / "train.log"
+    assert "[demo] rdrop seed 1 failed: python" in out and "stand-in failure\nfull log: " + str(failed_log) in out
+    assert summary_lines(out, 7) == [
+        "[demo] stopped because rdrop seed 1 failed: 0 finished, 1 stopped, 1 failed, 4 not started",
+        "[demo]   baseline seed 1: not started",
+        "[demo]   baseline seed 2: not started",
+        f"[demo]   rdrop seed 1: failed; trained again from the start next time; logs in {run_folder(tmp_path, 'rdrop-1')}",
+        f"[demo]   rdrop seed 2: stopped; trained again from the start next time; "
+        f"logs in {run_folder(tmp_path, 'rdrop-2')}",
+        "[demo]   baseline_2x seed 1: not started",
+        "[demo]   baseline_2x seed 2: not started",
+    ]
+
+
+def test_an_interrupt_while_binarizing_leaves_no_data_folder_and_no_process(tmp_path):
+    # A stand-in fairseq-preprocess that has written part of its output when it is stopped.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "fairseq-preprocess").write_text(
+        '#!/bin/sh\nwhile [ "$1" != --destdir ]; do shift; done\nmkdir -p "$2"; touch "$2/dict.de.txt"\n'
+        f'echo $$ > {tmp_path / "markers" / "preprocess"}\nexec sleep 120\n')
+    (fake_bin / "fairseq-preprocess").chmod(0o755)
+    demo = start_stand_in_demo(tmp_path, "prepare=1")
+    try:
+        wait_for(lambda: markers(tmp_path))
+        demo.send_signal(signal.SIGINT)
+        out, _ = demo.communicate(timeout=30)
+    finally:
+        demo.kill()
+    assert demo.returncode == 130, out
+    assert not (tmp_path / "data-bin").exists()
+    assert not alive(markers(tmp_path)["preprocess"][0])
+    assert summary_lines(out, 1) == ["[demo] stopped by Ctrl-C; data folders are used only once complete, so the "
+                                     "next start prepares again whatever was not"]
+
+
+def test_run_once_reuses_the_output_of_the_same_command_only(tmp_path):
+    out = tmp_path / "generate.txt"
+    count = tmp_path / "count"
+    cmd = [sys.executable, "-c", f"open({str(count)!r}, 'a').write('x'); print('made')"]
+    run_once(cmd, out)
+    run_once(cmd, out)
+    assert count.read_text() == "x" and out.read_text().endswith("made\n")
+    run_once([*cmd, "--another-flag"], out)
+    assert count.read_text() == "xx"
+
+
+def test_run_once_keeps_nothing_of_a_failed_command(tmp_path):
+    out = tmp_path / "generate.txt"
+    with pytest.raises(SystemExit):
+        run_once([sys.executable, "-c", "print('half'); raise SystemExit(2)"], out)
+    assert not out.exists()
+
+
+def load_translation_demo():
+    spec = importlib.util.spec_from_file_location("demo_multi30k", REPO / "examples" / "translation" / "demo_multi30k.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo
+
+
+def test_a_changed_flag_in_a_demos_command_trains_a_new_run(tmp_path, monkeypatch):
+    demo = load_translation_demo()
+    bin_dir = tmp_path / "data-bin"
+    bin_dir.mkdir()
+    (bin_dir / "dict.de.txt").write_text("hallo 1\n")
+    # A stand-in fairseq-train that counts its trainings.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "fairseq-train").write_text(f"#!/bin/sh\necho x >> {tmp_path / 'trainings'}\n")
+    (fake_bin / "fairseq-train").chmod(0o755)
+    monkeypatch.setattr("scripts.demo_support.tool", lambda name: str(fake_bin / name))
+    args = argparse.Namespace(budget="default", threads=1, jobs=1, seeds=[1], alpha=5.0, workdir=tmp_path / "runs")
+    budget = dict(demo.BUDGETS["default"])
+
+    def folders():
+        results = run_arms(args, budget, demo.SETUP, lambda run: demo.train_args(bin_dir, run, demo.SETUP),
+                           lambda run: {"folder": run.save_dir.name, **dict(zip(("log", "seconds"), fairseq_train(run)))})
+        return {name: arm["seeds"][0]["folder"] for name, arm in results["runs"].items()}
+
+    def trainings():
+        return len((tmp_path / "trainings").read_text().split())
+
+    first = folders()
+    assert trainings() == 2
+    assert folders() == first and trainings() == 2  # the same command: both runs reused
+    # The label smoothing is hard-coded in the command; change it as an edit of the code would.
+    original = demo.transformer_args
+    monkeypatch.setattr(demo, "transformer_args", lambda setup: [
+        0.2 if previous == "--label-smoothing" else arg for previous, arg in zip([None, *original(setup)], original(setup))])
+    assert "--label-smoothing 0.2 " in " ".join(map(str, demo.train_args(bin_dir, DemoRun(
+        "rdrop", 5.0, 1, budget, 1, tmp_path, lambda run: []), demo.SETUP)))
+    changed = folders()
+    assert trainings() == 4
+    assert set(changed.values()).isdisjoint(first.values())
+
+
+def test_the_runs_tag_names_the_plugins_code_not_where_it_lies(tmp_path):
+    copy = tmp_path / "rdrop_fairseq"
+    shutil.copytree(USER_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    tag = command_tag("fairseq-train", ["--user-dir", USER_DIR, "--seed", 1])
+    assert command_tag("fairseq-train", ["--user-dir", copy, "--seed", 1]) == tag
+    (copy / "__pycache__").mkdir()
+    (copy / "__pycache__" / "loss.cpython-311.pyc").write_bytes(b"byte code")
+    assert command_tag("fairseq-train", ["--user-dir", copy, "--seed", 1]) == tag
+    with open(copy / "criterions" / "rdrop_common.py", "a") as code:
+        code.write("\n# a change\n")
+    assert command_tag("fairseq-train", ["--user-dir", copy, "--seed", 1]) != tag
+
+
+def test_the_runs_tag_names_the_datas_content_not_its_log(tmp_path):
+    data = tmp_path / "data-bin"
+    data.mkdir()
+    (data / "dict.de.txt").write_text("hallo 1\n")
+    (data / "preprocess.log").write_text("2026-12-01 10:00:00 | INFO | ...\n")
+    tag = command_tag("fairseq-train", [data, "--seed", 1])
+    (data / "preprocess.log").write_text("2026-12-02 11:00:00 | INFO | ...\n")
+    assert command_tag("fairseq-train", [data, "--seed", 1]) == tag
+    (data / "dict.de.txt").write_text("hallo 2\n")
+    assert command_tag("fairseq-train", [data, "--seed", 1]) != tag
+    assert command_tag("fairseq-train", [data, "--seed", 2]) != command_tag("fairseq-train", [data, "--seed", 1])

@@ -22,7 +22,6 @@ checkpoints.
 """
 
 import gzip
-import json
 import re
 import shutil
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from scripts.demo_support import (  # noqa: E402
     USER_DIR, describe_gain, fairseq_train, log, paired_gain, print_table as print_rows, run_arms, run_command,
-    seed_rows, sentencepiece_encode, start_demo, thread_env, tool, write_results,
+    run_demo, run_once, seed_rows, sentencepiece_encode, start_demo, thread_env, tool, write_results,
 )
 from scripts.fairseq_logs import curves  # noqa: E402
 
@@ -103,45 +102,41 @@ def prepare_data(work, model):
     return bin_dir
 
 
-def train(bin_dir, run, model):
+def train_args(bin_dir, run, model):
     budget = run.budget
-    return fairseq_train(
-        [
-            bin_dir, "--user-dir", USER_DIR, "--task", "language_modeling", "--cpu", "--seed", run.seed,
-            "--arch", "transformer_lm", "--share-decoder-input-output-embed",
-            "--decoder-layers", model["decoder_layers"],
-            # transformer_lm's input and output dimensions default to 512, not to the embedding size
-            "--decoder-embed-dim", model["embed_dim"], "--decoder-input-dim", model["embed_dim"],
-            "--decoder-output-dim", model["embed_dim"],
-            "--decoder-ffn-embed-dim", model["ffn_dim"], "--decoder-attention-heads", model["heads"],
-            "--dropout", model["dropout"], "--attention-dropout", 0.1,
-            "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", run.alpha, "--label-smoothing", 0,
-            "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--weight-decay", 0.01, "--clip-norm", 0.0,
-            "--lr", model["lr"], "--lr-scheduler", "inverse_sqrt", "--warmup-updates", model["warmup"],
-            "--warmup-init-lr", 1e-7,
-            "--tokens-per-sample", model["tokens_per_sample"], "--sample-break-mode", "none",
-            "--max-tokens", model["max_tokens"], "--max-update", budget["max_update"],
-            "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
-            "--save-interval", 100000, "--save-interval-updates", budget["interval"],
-            "--keep-interval-updates", 1, "--no-epoch-checkpoints",
-            "--log-format", "json", "--log-interval", 25, "--num-workers", 0,
-        ],
-        run,
-    )
+    return [
+        bin_dir, "--user-dir", USER_DIR, "--task", "language_modeling", "--cpu", "--seed", run.seed,
+        "--arch", "transformer_lm", "--share-decoder-input-output-embed",
+        "--decoder-layers", model["decoder_layers"],
+        # transformer_lm's input and output dimensions default to 512, not to the embedding size
+        "--decoder-embed-dim", model["embed_dim"], "--decoder-input-dim", model["embed_dim"],
+        "--decoder-output-dim", model["embed_dim"],
+        "--decoder-ffn-embed-dim", model["ffn_dim"], "--decoder-attention-heads", model["heads"],
+        "--dropout", model["dropout"], "--attention-dropout", 0.1,
+        "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", run.alpha, "--label-smoothing", 0,
+        "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--weight-decay", 0.01, "--clip-norm", 0.0,
+        "--lr", model["lr"], "--lr-scheduler", "inverse_sqrt", "--warmup-updates", model["warmup"],
+        "--warmup-init-lr", 1e-7,
+        "--tokens-per-sample", model["tokens_per_sample"], "--sample-break-mode", "none",
+        "--max-tokens", model["max_tokens"], "--max-update", budget["max_update"],
+        "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
+        "--save-interval", 100000, "--save-interval-updates", budget["interval"],
+        "--keep-interval-updates", 1, "--no-epoch-checkpoints",
+        "--log-format", "json", "--log-interval", 25, "--num-workers", 0,
+    ]
 
 
 def eval_lm(bin_dir, run, split, model):
-    """(loss in bits per token, perplexity) of ``fairseq-eval-lm`` with a context window."""
+    """(loss in bits per token, perplexity) of ``fairseq-eval-lm`` with a context
+    window, whose log is kept in the run's folder and reused by the same command."""
     log_file = run.save_dir / f"eval-lm-{split}.log"
-    log_file.unlink(missing_ok=True)
-    log(f"{run.label}: scoring {split}, log in {log_file}")
-    run_command(
+    run_once(
         [
             tool("fairseq-eval-lm"), bin_dir, "--user-dir", USER_DIR, "--path", run.save_dir / "checkpoint_best.pt",
             "--gen-subset", split, "--cpu", "--tokens-per-sample", model["tokens_per_sample"],
             "--context-window", model["context_window"], "--batch-size", 16, "--num-workers", 0,
         ],
-        log_file, env=thread_env(run.threads),
+        log_file, env=thread_env(run.threads), announce=f"{run.label}: scoring {split}, log in {log_file}",
     )
     match = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", log_file.read_text(encoding="utf-8"))
     if not match:
@@ -150,15 +145,11 @@ def eval_lm(bin_dir, run, split, model):
 
 
 def evaluate(bin_dir, run, model):
-    """Valid and test perplexity of checkpoint_best.pt, cached next to it."""
-    cache = run.save_dir / "eval_lm.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
+    """Valid and test perplexity of checkpoint_best.pt."""
     scores = {}
     for split in EVAL_SPLITS:
         loss, ppl = eval_lm(bin_dir, run, split, model)
         scores[split] = {"loss_bits": round(loss, 4), "ppl": round(ppl, 2)}
-    cache.write_text(json.dumps(scores))
     return scores
 
 
@@ -185,17 +176,17 @@ def print_table(results):
 
 def main(argv=None):
     args, budget, model = start_demo(__doc__, SETUP, BUDGETS, alpha=1.0, workdir=REPO / "runs" / "wikitext2-demo",
-                                     launcher="examples/language_model/run_demo.sh", argv=argv)
+                                     launcher="examples/language_model/run_demo.sh", default_minutes=15, argv=argv)
     work = args.workdir
     data_key = "data-" + "-".join(str(model[k]) for k in ("train_lines", "valid_lines", "test_lines", "vocab_size"))
     bin_dir = prepare_data(work / data_key, model)
 
     def train_and_score(run):
-        log_file, seconds = train(bin_dir, run, model)
+        log_file, seconds = fairseq_train(run)
         return {"train_seconds": round(seconds, 1), "log": str(log_file), **best_valid(log_file),
                 "eval": evaluate(bin_dir, run, model)}
 
-    results = run_arms(args, budget, model, train_and_score)
+    results = run_arms(args, budget, model, lambda run: train_args(bin_dir, run, model), train_and_score)
     results["delta_test_ppl"] = paired_gain(results, lambda s: s["eval"]["test"]["ppl"])
     write_results(results, work, title=f"WikiText-2 language model, {budget['max_update']} updates")
     print()
@@ -204,4 +195,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_demo(main)

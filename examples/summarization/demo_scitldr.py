@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from scripts.demo_support import (  # noqa: E402
     USER_DIR, binarize_pairs, describe_gain, fairseq_train, generate, log, paired_gain, print_table as print_rows,
-    run_arms, seed_rows, sentencepiece_encode, start_demo, transformer_args, write_results,
+    run_arms, run_demo, seed_rows, sentencepiece_encode, start_demo, transformer_args, write_results,
 )
 from scripts.fairseq_logs import curves  # noqa: E402
 from scripts.rouge import METRICS, LABELS, score as rouge_score  # noqa: E402
@@ -108,24 +108,21 @@ def prepare_data(work, vocab_size, train_subset, test_subset):
     return bin_dir
 
 
-def train(bin_dir, run, model):
+def train_args(bin_dir, run, model):
     budget = run.budget
-    return fairseq_train(
-        [
-            bin_dir, "--user-dir", USER_DIR, "--task", "translation",
-            "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", run.seed,
-            "--truncate-source", "--max-source-positions", model["max_source_tokens"],
-            *transformer_args(model),
-            "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", run.alpha,
-            "--max-update", budget["max_update"],
-            "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
-            "--save-interval", 100000, "--save-interval-updates", budget["interval"],
-            "--keep-interval-updates", 1, "--no-epoch-checkpoints",
-            "--required-batch-size-multiple", 1,
-            "--log-format", "json", "--log-interval", 25, "--num-workers", 0,
-        ],
-        run,
-    )
+    return [
+        bin_dir, "--user-dir", USER_DIR, "--task", "translation",
+        "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", run.seed,
+        "--truncate-source", "--max-source-positions", model["max_source_tokens"],
+        *transformer_args(model),
+        "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", run.alpha,
+        "--max-update", budget["max_update"],
+        "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
+        "--save-interval", 100000, "--save-interval-updates", budget["interval"],
+        "--keep-interval-updates", 1, "--no-epoch-checkpoints",
+        "--required-batch-size-multiple", 1,
+        "--log-format", "json", "--log-interval", 25, "--num-workers", 0,
+    ]
 
 
 def evaluate(bin_dir, run, work, beam, model):
@@ -174,19 +171,19 @@ def print_table(results):
 
 def main(argv=None):
     args, budget, model = start_demo(__doc__, SETUP, BUDGETS, alpha=5.0, workdir=REPO / "runs" / "scitldr-demo",
-                                     launcher="examples/summarization/run_demo.sh", argv=argv)
+                                     launcher="examples/summarization/run_demo.sh", default_minutes=14, argv=argv)
     work = args.workdir
     data_key = f"data-{model['train_subset']}-{model['vocab_size']}-{budget.get('test_subset', 'all')}"
     bin_dir = prepare_data(work / data_key, model["vocab_size"], model["train_subset"], budget.get("test_subset"))
 
     def train_and_score(run):
-        log_file, seconds = train(bin_dir, run, model)
+        log_file, seconds = fairseq_train(run)
         return {
             "train_seconds": round(seconds, 1), "log": str(log_file), "best_valid_loss": best_valid_loss(log_file),
             **evaluate(bin_dir, run, bin_dir.parent, budget.get("beam", 4), model),
         }
 
-    results = run_arms(args, budget, model, train_and_score)
+    results = run_arms(args, budget, model, lambda run: train_args(bin_dir, run, model), train_and_score)
     results["delta_rougeL"] = paired_gain(results, lambda s: s["test_rouge"]["rougeL"])
     write_results(results, work, title=f"SciTLDR-A, {budget['max_update']} updates")
     print()
@@ -195,4 +192,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_demo(main)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from scripts.demo_support import (  # noqa: E402
     USER_DIR, binarize_pairs, describe_gain, fairseq_train, generate, log, paired_gain, print_table as print_rows,
-    run_arms, seed_rows, sentencepiece_encode, start_demo, write_results,
+    run_arms, run_demo, seed_rows, sentencepiece_encode, start_demo, transformer_args, write_results,
 )
 from scripts.fairseq_logs import curves  # noqa: E402
 
@@ -49,7 +49,6 @@ TEST_SPLITS = ("test", "test1", "test2")
 SETUP = {
     "train_subset": 2000,  # first N training pairs
     "vocab_size": 4000,  # joint sentencepiece vocabulary
-    "arch": "transformer",
     "encoder_layers": 2,
     "decoder_layers": 2,
     "embed_dim": 128,
@@ -97,33 +96,22 @@ def prepare_data(work, vocab_size, train_subset, eval_subset):
     return bin_dir
 
 
-def train(bin_dir, run, model):
+def train_args(bin_dir, run, model):
     budget = run.budget
-    return fairseq_train(
-        [
-            bin_dir, "--user-dir", USER_DIR, "--task", "translation",
-            "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", run.seed,
-            "--arch", model["arch"], "--share-all-embeddings",
-            "--encoder-layers", model["encoder_layers"], "--decoder-layers", model["decoder_layers"],
-            "--encoder-embed-dim", model["embed_dim"], "--decoder-embed-dim", model["embed_dim"],
-            "--encoder-ffn-embed-dim", model["ffn_dim"], "--decoder-ffn-embed-dim", model["ffn_dim"],
-            "--encoder-attention-heads", model["heads"], "--decoder-attention-heads", model["heads"],
-            "--dropout", model["dropout"], "--attention-dropout", 0.1, "--activation-dropout", 0.1,
-            "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", run.alpha,
-            "--label-smoothing", 0.1,
-            "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", model["lr"], "--clip-norm", 0.0,
-            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", model["warmup"], "--warmup-init-lr", 1e-7,
-            "--weight-decay", 0.0001, "--max-tokens", model["max_tokens"], "--max-update", budget["max_update"],
-            "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
-            "--save-interval", 100000, "--save-interval-updates", budget["interval"],
-            "--keep-interval-updates", 1, "--no-epoch-checkpoints",
-            "--eval-bleu", "--eval-bleu-args", '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}',
-            "--eval-bleu-remove-bpe", "sentencepiece", "--eval-bleu-detok", "space",
-            "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
-            "--log-format", "json", "--log-interval", 25, "--num-workers", 0,
-        ],
-        run,
-    )
+    return [
+        bin_dir, "--user-dir", USER_DIR, "--task", "translation",
+        "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", run.seed,
+        *transformer_args(model),
+        "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", run.alpha,
+        "--max-update", budget["max_update"],
+        "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
+        "--save-interval", 100000, "--save-interval-updates", budget["interval"],
+        "--keep-interval-updates", 1, "--no-epoch-checkpoints",
+        "--eval-bleu", "--eval-bleu-args", '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}',
+        "--eval-bleu-remove-bpe", "sentencepiece", "--eval-bleu-detok", "space",
+        "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
+        "--log-format", "json", "--log-interval", 25, "--num-workers", 0,
+    ]
 
 
 def evaluate(bin_dir, run, work, beam):
@@ -177,17 +165,17 @@ def print_table(results):
 
 def main(argv=None):
     args, budget, model = start_demo(__doc__, SETUP, BUDGETS, alpha=5.0, workdir=REPO / "runs" / "multi30k-demo",
-                                     launcher="examples/translation/run_demo.sh", argv=argv)
+                                     launcher="examples/translation/run_demo.sh", default_minutes=14, argv=argv)
     work = args.workdir
     data_key = f"data-{model['train_subset']}-{model['vocab_size']}-{budget.get('eval_subset', 'all')}"
     bin_dir = prepare_data(work / data_key, model["vocab_size"], model["train_subset"], budget.get("eval_subset"))
 
     def train_and_score(run):
-        log_file, seconds = train(bin_dir, run, model)
+        log_file, seconds = fairseq_train(run)
         return {"train_seconds": round(seconds, 1), "log": str(log_file), **best_valid(log_file),
                 "test": evaluate(bin_dir, run, bin_dir.parent, budget.get("beam", 5))}
 
-    results = run_arms(args, budget, model, train_and_score)
+    results = run_arms(args, budget, model, lambda run: train_args(bin_dir, run, model), train_and_score)
     results["gains"] = {
         f"rdrop - {baseline}": {
             SPLITS[t]: paired_gain(results, lambda s, t=SPLITS[t]: s["test"][t]["bleu"], baseline=baseline)
@@ -202,4 +190,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_demo(main)
