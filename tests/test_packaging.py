@@ -1,15 +1,12 @@
-"""The loss imports with torch alone, the package leaves torch's allow-list
-alone, and a pip install registers the criteria."""
+"""The loss imports with torch alone, importing the package leaves torch's
+allow-list alone (fairseq's loaders: tests/test_checkpoint_loading.py), and a
+pip install registers the criteria."""
 
-import argparse
 import json
-import pickle
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import torch
 
 from .cli import REPO
 
@@ -66,28 +63,6 @@ def test_importing_the_package_leaves_torchs_weights_only_allow_list_as_it_was()
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0 and proc.stdout.split() == ["True"], proc.stdout + proc.stderr[-2000:]
-
-
-def test_fairseqs_checkpoint_loader_and_only_it_accepts_fairseqs_checkpoint_types(tmp_path):
-    from fairseq import checkpoint_utils
-
-    import rdrop_fairseq  # noqa: F401
-
-    path = tmp_path / "checkpoint.pt"
-    state = {
-        "model": {"w": torch.ones(2)},
-        "optimizer_history": [{"criterion_name": "label_smoothed_cross_entropy_rdrop", "optimizer_name": "adam",
-                               "lr_scheduler_state": {"best": np.float64(2.5)}, "num_updates": 3}],
-        "extra_state": {"train_iterator": {"epoch": 2}, "legacy_args": argparse.Namespace(seed=3),
-                        "val_losses": np.array([2.5, 2.25], dtype=np.float32)},
-    }
-    torch.save(state, path)
-    with pytest.raises(pickle.UnpicklingError, match="weights_only"):
-        torch.load(path)
-    loaded = checkpoint_utils.load_checkpoint_to_cpu(str(path))
-    assert loaded["optimizer_history"][-1]["lr_scheduler_state"]["best"] == np.float64(2.5)
-    assert loaded["extra_state"]["legacy_args"] == argparse.Namespace(seed=3)
-    assert np.array_equal(loaded["extra_state"]["val_losses"], np.array([2.5, 2.25], dtype=np.float32))
 
 
 def test_a_pip_installed_copy_works_as_user_dir_and_documents_its_flag(tmp_path):

@@ -16,7 +16,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEn
 
 from .cli import COMMON_TRAIN, TINY_TRANSFORMER, run_tool
 from .references import reference_rdrop_terms
-from .tiny_fairseq import make_criterion, make_model, make_sample, make_task, run_capturing_outputs
+from .tiny_fairseq import make_criterion, make_lm_task, make_model, make_sample, make_task, run_capturing_outputs
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,25 @@ def test_an_ignore_prefix_size_no_batch_can_satisfy_stops_start_up_naming_the_fl
     message = "must be >= 0, got -1" if prefix < 0 else f"--ignore-prefix-size {prefix} leaves out every target token"
     with pytest.raises(ValueError, match=message):
         make_criterion(task, ignore_prefix_size=prefix)
+
+
+@pytest.mark.parametrize(
+    "config, longest, flags",
+    [
+        ({"tokens_per_sample": 16}, 16, "--tokens-per-sample"),
+        ({"tokens_per_sample": 16, "add_bos_token": True}, 17, "--tokens-per-sample plus 1 for --add-bos-token"),
+        ({"tokens_per_sample": 16, "max_target_positions": 12}, 12, "--max-target-positions"),
+    ],
+)
+def test_a_language_model_prefix_of_its_longest_sample_stops_start_up_naming_the_flag(config, longest, flags):
+    # MonolingualDataset's targets are --tokens-per-sample tokens at most, one
+    # more behind --add-bos-token, and the model takes --max-target-positions
+    task = make_lm_task(**config)
+    make_criterion(task, ignore_prefix_size=longest - 1)
+    with pytest.raises(ValueError) as refused:
+        make_criterion(task, ignore_prefix_size=longest)
+    assert f"--ignore-prefix-size {longest} leaves out every target token: this task's targets are at most " \
+        f"{longest} tokens long ({flags}, end of sentence included)" in str(refused.value)
 
 
 @pytest.mark.parametrize("prefix", [6, 9])
@@ -127,5 +146,26 @@ def test_fairseq_train_stops_with_the_flag_named(multi30k_bin, flags, message): 
         "--criterion", "label_smoothed_cross_entropy_rdrop", *flags, "--max-update", 1, "--max-tokens", 1024,
         "--save-dir", save, "--no-save", check=False, timeout=180,
     )
+    assert proc.returncode != 0 and message in proc.stdout, proc.stdout[-3000:]
+    assert "train_inner" not in proc.stdout, "no update may complete"
+
+
+def test_fairseq_train_of_a_language_model_stops_when_the_prefix_covers_every_sample(multi30k_bin):
+    # the German side of the Multi30k slice as a language-modelling corpus
+    data = multi30k_bin / "lm-bin"
+    data.mkdir(exist_ok=True)
+    for split in ("train", "valid"):
+        for ext in ("bin", "idx"):
+            (data / f"{split}.{ext}").write_bytes((multi30k_bin / "bin" / f"{split}.en-de.de.{ext}").read_bytes())
+    (data / "dict.txt").write_bytes((multi30k_bin / "bin" / "dict.de.txt").read_bytes())
+    proc = run_tool(
+        "fairseq-train", data, "--task", "language_modeling", "--arch", "transformer_lm", "--decoder-layers", 1,
+        "--decoder-embed-dim", 32, "--decoder-ffn-embed-dim", 64, "--decoder-attention-heads", 2, "--dropout", 0.1,
+        *COMMON_TRAIN, "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", 1,
+        "--tokens-per-sample", 16, "--ignore-prefix-size", 16, "--max-update", 1, "--max-tokens", 512,
+        "--save-dir", multi30k_bin / "lm-bad-input", "--no-save", check=False, timeout=180,
+    )
+    message = ("--ignore-prefix-size 16 leaves out every target token: this task's targets are at most 16 tokens long "
+               "(--tokens-per-sample, end of sentence included)")
     assert proc.returncode != 0 and message in proc.stdout, proc.stdout[-3000:]
     assert "train_inner" not in proc.stdout, "no update may complete"

@@ -29,9 +29,9 @@ def make_task():
     return TranslationTask(TranslationConfig(), dictionary, dictionary)
 
 
-def make_lm_task():
+def make_lm_task(**config):
     dictionary = make_dictionary()
-    return LanguageModelingTask(LanguageModelingConfig(), dictionary, dictionary)
+    return LanguageModelingTask(LanguageModelingConfig(**config), dictionary, dictionary)
 
 
 def _build(model_class, architecture, task, seed, **options):

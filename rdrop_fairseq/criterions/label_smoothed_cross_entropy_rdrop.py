@@ -41,12 +41,24 @@ logger = logging.getLogger(__name__)
 
 
 def longest_target(task):
-    """The task's bound on target length, if it declares one: the second entry
-    of a (source, target) ``max_positions()``, as translation tasks give."""
+    """The task's bound on target length, if it declares one, and the flags that
+    set it: the second entry of a (source, target) ``max_positions()``, as
+    translation tasks give, or a language-modelling task's ``--tokens-per-sample``
+    (one more with ``--add-bos-token``), capped by its ``--max-target-positions``."""
     positions = task.max_positions()
     if isinstance(positions, tuple) and len(positions) == 2 and isinstance(positions[1], int):
-        return positions[1]
-    return None
+        return positions[1], "--max-target-positions"
+    config = getattr(task, "args", None) or getattr(task, "cfg", None)
+    tokens_per_sample = getattr(config, "tokens_per_sample", None)
+    if not isinstance(tokens_per_sample, int):
+        return None
+    longest, flags = tokens_per_sample, "--tokens-per-sample"
+    if getattr(config, "add_bos_token", False):
+        longest, flags = longest + 1, "--tokens-per-sample plus 1 for --add-bos-token"
+    max_target_positions = getattr(config, "max_target_positions", None)
+    if isinstance(max_target_positions, int) and max_target_positions < longest:
+        longest, flags = max_target_positions, "--max-target-positions"
+    return longest, flags
 
 
 def check_ignore_prefix_size(prefix: int, task) -> None:
@@ -56,11 +68,12 @@ def check_ignore_prefix_size(prefix: int, task) -> None:
             f"--ignore-prefix-size must be >= 0, got {prefix}: the number of leading target tokens "
             "to leave out of the loss, e.g. 1 for a language tag"
         )
-    longest = longest_target(task)
-    if longest is not None and prefix >= longest:
+    bound = longest_target(task)
+    if bound is not None and prefix >= bound[0]:
+        longest, flags = bound
         raise ValueError(
             f"--ignore-prefix-size {prefix} leaves out every target token: this task's targets are at most "
-            f"{longest} tokens long (--max-target-positions, end of sentence included); it must be smaller: "
+            f"{longest} tokens long ({flags}, end of sentence included); it must be smaller: "
             "the number of leading target tokens to skip, e.g. 1 for a language tag"
         )
 
@@ -112,11 +125,12 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
             return self.empty_batch_output(model)
         if not self.rdrop_active(model):
             return super().forward(model, sample, reduce=reduce)
-        if sample["target"].size(1) <= self.ignore_prefix_size:
-            self.warn_nothing_after_prefix(sample["target"].size(1))
-            return self.empty_batch_output(model)
-
         net_output, target = self.forward_both_passes(model, sample)
+        if target.size(1) <= self.ignore_prefix_size:
+            # The model still runs, as on a DDP dummy batch: under PyTorch's
+            # DistributedDataParallel every rank must call it and reduce gradients.
+            self.warn_nothing_after_prefix(target.size(1))
+            return self.empty_batch_output(model, net_output)
         # fairseq's own prefix slicing and flattening: 2B x T' rows, pass 1 first,
         # and the B x T' targets of the original batch
         lprobs, flat_target = self.get_lprobs_and_target(model, net_output, sample)
@@ -147,16 +161,17 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
             logging_output["total"] = utils.item(total.data)
         return objective, sample_size, logging_output
 
-    def empty_batch_output(self, model):
+    def empty_batch_output(self, model, net_output=None):
         """Zero loss and the same logging keys as a real batch, so that worker
-        outputs stay summable."""
+        outputs stay summable; the zero reaches the parameters through
+        ``net_output`` where the model was run."""
         logging_output = dict.fromkeys(("loss", "nll_loss", "ntokens", "nsentences", "sample_size"), 0)
         if self.rdrop_active(model):
             logging_output["kl_loss"] = 0
             self.log_alpha(logging_output, 0.0)
         if self.report_accuracy:
             logging_output.update(n_correct=0, total=0)
-        return self.zero_loss(model), 0, logging_output
+        return self.zero_loss(model, net_output), 0, logging_output
 
     def warn_nothing_after_prefix(self, target_length: int) -> None:
         if not self.warned_nothing_after_prefix:
