@@ -9,16 +9,19 @@ copies is what a mask drawn anew in backward would change. Each test builds
 the model twice from fairseq's command line, as fairseq-train does, with the
 same weights in float64, once with the flag, and compares one training step of
 the R-Drop criterion on the same batch and seed: loss, KL and the gradient of
-every parameter.
+every parameter. The last test trains with fairseq-train itself, with and
+without the flag, and compares the logs and the parameters it ends with.
 """
 
 import pytest
 import torch
-from fairseq import options, tasks
+from fairseq import checkpoint_utils, options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.tasks.translation import TranslationTask
 
-from .cli import USER_DIR
+import rdrop_fairseq  # noqa: F401  (lets fairseq's loader read fairseq's checkpoint types under weights_only)
+
+from .cli import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, USER_DIR, run_tool, train_records
 from .tiny_fairseq import make_dictionary, make_lm_sample, make_sample
 
 TINY_ENCODER_DECODER = [
@@ -152,3 +155,33 @@ def test_without_replaying_the_rng_state_the_gradients_would_differ(data_dir, mo
     torch.testing.assert_close(checkpointed_kl, kl, rtol=1e-12, atol=0)
     with pytest.raises(AssertionError):
         assert_same_gradients(checkpointed_gradients, gradients)
+
+
+UPDATES = 6
+
+
+def fairseq_train(data, save_dir, *extra):
+    save_dir.mkdir()
+    run_tool(
+        "fairseq-train", data / "bin", "--task", "translation", *TINY_TRANSFORMER, *COMMON_TRAIN, *RDROP,
+        "--label-smoothing", 0.1, "--max-tokens", 1024, "--max-update", UPDATES, "--log-interval", 1,
+        "--save-dir", save_dir, "--log-file", save_dir / "train.log", *extra,
+    )
+    checkpoint = checkpoint_utils.load_checkpoint_to_cpu(str(save_dir / "checkpoint_last.pt"))
+    return train_records(save_dir / "train.log"), checkpoint["model"]
+
+
+def test_fairseq_train_with_checkpoint_activations_logs_and_learns_the_same(multi30k_bin):
+    plain_log, plain_model = fairseq_train(multi30k_bin, multi30k_bin / "plain")
+    checkpointed_log, checkpointed_model = fairseq_train(
+        multi30k_bin, multi30k_bin / "checkpointed", "--checkpoint-activations")
+    assert [r["num_updates"] for r in checkpointed_log] == [r["num_updates"] for r in plain_log] == list(
+        range(1, UPDATES + 1))
+    for mine, reference in zip(checkpointed_log, plain_log):
+        assert reference["kl_loss"] > 0
+        for key in ("loss", "nll_loss", "kl_loss"):
+            # to the log's 3 decimals
+            assert mine[key] == pytest.approx(reference[key], abs=1.5e-3), (mine["num_updates"], key)
+    assert checkpointed_model.keys() == plain_model.keys()
+    for name, value in plain_model.items():
+        torch.testing.assert_close(checkpointed_model[name], value, rtol=1e-5, atol=1e-6, msg=name)
