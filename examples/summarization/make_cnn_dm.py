@@ -5,10 +5,13 @@ R-Drop paper fine-tune on, as the non-tokenizing ``make_datafiles.py`` that
 fairseq's BART README points to writes it: one article per line in ``.source``
 and its highlights joined by spaces in ``.target``, one line for every URL of
 the official URL lists and in their order, text left untokenized (GPT-2 BPE
-works on raw text). A story file is ``<sha1 of its URL>.story``; its lines
-before the first ``@highlight`` are the article, the line after each
-``@highlight`` a highlight. A line without final punctuation gets " ." (space,
-period), the standard ``fix_missing_period``. Stories without article text
+works on raw text). A story file is ``<sha1 of its URL>.story``. As in
+``make_datafiles.py``, its lines are stripped and empty ones skipped; the lines
+before the first line starting with ``@highlight`` are the article, and every
+later line that does not start with ``@highlight`` is highlight text, so a
+highlight that goes on over several lines keeps all of them. A line without
+final punctuation gets " ." (space, period), the standard ``fix_missing_period``,
+except the ``@highlight`` lines themselves. Stories without article text
 keep their line, with an empty article, so that every split keeps its URL
 count (test: 11,490); the count of such stories is printed per split.
 
@@ -18,6 +21,7 @@ count (test: 11,490); the count of such stories is printed per split.
 
 import argparse
 import hashlib
+import io
 from pathlib import Path
 
 SPLITS = {"train": "all_train.txt", "val": "all_val.txt", "test": "all_test.txt"}
@@ -25,23 +29,26 @@ END_TOKENS = (".", "!", "?", "...", "'", "`", '"', "\u2019", "\u201d", ")")
 
 
 def with_period(line):
-    return line if line.endswith(END_TOKENS) else line + " ."
+    if not line or "@highlight" in line or line.endswith(END_TOKENS):
+        return line
+    return line + " ."
 
 
 def parse_story(text):
-    """(article, highlights) of one .story file's text."""
+    """(article, highlights) of one .story file's text, each joined by spaces."""
     article, highlights = [], []
-    next_is_highlight = False
-    for line in (raw.strip() for raw in text.splitlines()):
+    in_highlights = False
+    # Lines as reading the file in text mode gives them (\n, \r\n or \r), not str.splitlines().
+    for line in io.StringIO(text, newline=None):
+        line = with_period(line.strip())
         if not line:
             continue
-        if line == "@highlight":
-            next_is_highlight = True
-        elif next_is_highlight:
-            highlights.append(with_period(line))
-            next_is_highlight = False
-        elif not highlights:
-            article.append(with_period(line))
+        if line.startswith("@highlight"):
+            in_highlights = True
+        elif in_highlights:
+            highlights.append(line)
+        else:
+            article.append(line)
     return " ".join(article), " ".join(highlights)
 
 
