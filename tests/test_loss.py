@@ -1,7 +1,11 @@
 """The pure-PyTorch R-Drop loss against float64 references written from the definition."""
 
+import contextlib
+
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from rdrop_fairseq.loss import (
     label_smoothed_nll_and_symmetric_kl,
@@ -163,14 +167,103 @@ def test_impossible_classes_in_several_chunks_give_the_reference_value_and_gradi
     torch.testing.assert_close(masked2.grad[:, others].double(), r2.grad[:, others], rtol=1e-4, atol=1e-6)
 
 
-def test_the_nan_check_reads_a_value_on_the_host_once_per_call_whatever_the_number_of_chunks(monkeypatch):
-    # On a GPU each read is a synchronisation that stalls the kernel queue.
+aten = torch.ops.aten
+# Operators that read tensor values on the host (on a GPU each waits for every
+# queued kernel): item(), bool(), float(), int() and indexing with a tensor go
+# through _local_scalar_dense; the others have an output size that depends on
+# the values.
+HOST_READING_OPS = {
+    aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default, aten.unique_dim.default,
+    aten._unique2.default, aten.unique_consecutive.default, aten.bincount.default, aten.repeat_interleave.Tensor,
+}
+# Tensor methods that copy values to the host; on a CPU they read memory without an operator.
+HOST_READING_METHODS = {"tolist", "numpy", "__array__", "__dlpack__"}
+
+
+class _ReadingOps(TorchDispatchMode):
+    def __init__(self, reads):
+        super().__init__()
+        self.reads = reads
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        boolean_index = func is aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1])
+        if func in HOST_READING_OPS or boolean_index:
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class _ReadingMethods(TorchFunctionMode):
+    def __init__(self, reads):
+        super().__init__()
+        self.reads = reads
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in HOST_READING_METHODS:
+            self.reads.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def host_reads():
+    """The list of every read of tensor values on the host inside the block."""
     reads = []
-    read_value = torch.Tensor.__bool__
-    monkeypatch.setattr(torch.Tensor, "__bool__", lambda tensor: reads.append(tensor.numel()) or read_value(tensor))
-    rows = 4 * rows_per_chunk(torch.empty(0, 10)) + 1
-    symmetric_kl(_logits(rows, 10, seed=34).log_softmax(-1), _logits(rows, 10, seed=35).log_softmax(-1))
-    assert reads == [1]
+    with _ReadingMethods(reads), _ReadingOps(reads):
+        yield reads
+
+
+def test_host_reads_sees_every_way_of_reading_a_value():
+    t = torch.tensor([0.5, 2.0])
+    for read in (lambda: t[0].item(), lambda: bool(t[0]), lambda: float(t[0]), lambda: int(t[1]), t.tolist,
+                 t.numpy, lambda: [0, 1, 2][t.long()[1]], t.nonzero, lambda: t[t > 1], lambda: f"{t[0]:.1f}"):
+        with host_reads() as reads:
+            read()
+        assert len(reads) == 1, read
+    with host_reads() as reads:
+        (t.exp() * 2).sum()
+    assert reads == []
+
+
+VOCAB = 10
+
+
+def _kl_of_two_passes(chunks):
+    rows = chunks * rows_per_chunk(torch.empty(0, VOCAB))
+    return symmetric_kl(_logits(rows, VOCAB, seed=34).log_softmax(-1).requires_grad_(),
+                        _logits(rows, VOCAB, seed=35).log_softmax(-1).requires_grad_())
+
+
+def _kl_of_halves(chunks):
+    rows = chunks * rows_per_chunk(torch.empty(0, VOCAB))
+    return symmetric_kl_of_halves(_logits(2 * rows, VOCAB, seed=36).log_softmax(-1).requires_grad_())
+
+
+def _fused_terms(chunks):
+    rows = chunks * rows_per_chunk(torch.empty(0, VOCAB))
+    lprobs = _logits(2, rows, VOCAB, seed=37).log_softmax(-1).requires_grad_()
+    target = torch.randint(2, VOCAB, (1, rows), generator=torch.Generator().manual_seed(38))
+    terms = label_smoothed_nll_and_symmetric_kl(lprobs, target, 0.1, 1)
+    return terms.loss.sum() + terms.kl.sum()
+
+
+LOSSES = [_kl_of_two_passes, _kl_of_halves, _fused_terms]
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda f: f.__name__)
+def test_the_forward_pass_reads_one_value_on_the_host_whatever_the_number_of_chunks(loss):
+    # the one read: whether any kept row needs the careful path for a class impossible in both passes
+    with host_reads() as reads:
+        loss(5)
+    assert reads == ["aten._local_scalar_dense.default"]
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda f: f.__name__)
+def test_the_backward_passs_host_reads_do_not_grow_with_the_number_of_chunks(loss):
+    reads = {}
+    for chunks in (1, 5):
+        value = loss(chunks).sum()
+        with host_reads() as reads[chunks]:
+            value.backward()
+    assert reads[5] == reads[1] and len(reads[1]) <= 1
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_large_logits_give_finite_kl_and_gradients(dtype):
