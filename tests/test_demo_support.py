@@ -132,10 +132,10 @@ def test_a_run_without_any_validation_bleu_stops_with_the_reason_and_the_fix(tmp
 # sleeps, the pid of a process it started, so that a test sees which runs
 # started and whether any process outlived the demo.
 STAND_IN_RUN = r"""
-import subprocess, sys, time
+import os, subprocess, sys, time
 from pathlib import Path
 marker, behaviour = Path(sys.argv[1]), sys.argv[2]
-pids = [subprocess.os.getpid()]
+pids = [os.getpid()]
 if behaviour == "sleep":
     pids.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
                                  stdout=subprocess.DEVNULL).pid)
@@ -188,6 +188,12 @@ ORDER = ["rdrop-1", "rdrop-2", "baseline_2x-1", "baseline_2x-2", "baseline-1", "
 
 def alive(pid):
     """Whether a process runs (a zombie, exited but not yet reaped, does not)."""
+    if not Path("/proc").is_dir():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
