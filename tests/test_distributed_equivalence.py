@@ -24,14 +24,12 @@ ranks (or micro-batches) of their own recorded ``kl_loss``, per token.
 
 import json
 import math
-import os
-import socket
-import subprocess
 from collections import defaultdict
 
 import pytest
 
-from .cli import COMMON_TRAIN, RDROP, REPO, TINY_TRANSFORMER, tool, train_records
+from .cli import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, tool, train_records
+from .distributed import finish, launch, train_on_two_ranks
 
 UPDATES = 10
 # fairseq logs 3 decimals: two values within float32 rounding may round apart by one unit.
@@ -62,29 +60,17 @@ class RDropRecording(LabelSmoothedCrossEntropyRDropCriterion):
 """
 
 
+def record_env(save_dir):
+    return {"RDROP_RECORD": str(save_dir / "record")}
+
+
 def training_args(data, save_dir, user_dir):
     return [
-        tool("fairseq-train"), data / "bin", "--task", "translation", *TINY_TRANSFORMER, *COMMON_TRAIN, *RDROP,
+        data / "bin", "--task", "translation", *TINY_TRANSFORMER, *COMMON_TRAIN, *RDROP,
         "--user-dir", user_dir, "--criterion", "rdrop_recording",
         "--label-smoothing", 0.1, "--max-tokens", 512, "--max-update", UPDATES, "--log-interval", 1,
         "--save-dir", save_dir, "--log-file", save_dir / "train.log", "--no-save",
     ]
-
-
-def launch(args, save_dir):
-    return subprocess.Popen(
-        [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=dict(
-            os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO),
-            RDROP_RECORD=str(save_dir / "record"),
-        ),
-    )
-
-
-def finish(procs):
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for proc, output in zip(procs, outputs):
-        assert proc.returncode == 0, output[-4000:]
 
 
 @pytest.fixture(scope="module")
@@ -93,20 +79,11 @@ def runs(multi30k_bin):
     user_dir = multi30k_bin / "rdrop_recording"
     user_dir.mkdir()
     (user_dir / "__init__.py").write_text(RECORDING_CRITERION)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     two_ranks.mkdir()
-    distributed = [
-        "--distributed-world-size", 2, "--distributed-init-method", f"tcp://127.0.0.1:{port}",
-        "--distributed-no-spawn", "--device-id", 0, "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
-    ]
-    finish([
-        launch(training_args(multi30k_bin, two_ranks, user_dir) + distributed + ["--distributed-rank", rank], two_ranks)
-        for rank in (0, 1)
-    ])
+    train_on_two_ranks(training_args(multi30k_bin, two_ranks, user_dir), env=record_env(two_ranks))
     one_rank.mkdir()
-    finish([launch(training_args(multi30k_bin, one_rank, user_dir) + ["--update-freq", 2], one_rank)])
+    finish([launch([tool("fairseq-train"), *training_args(multi30k_bin, one_rank, user_dir), "--update-freq", 2],
+                   record_env(one_rank))])
     return {
         name: (train_records(save / "train.log"), micro_batches(save))
         for name, save in (("two ranks", two_ranks), ("one rank", one_rank))
