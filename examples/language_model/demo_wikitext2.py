@@ -15,7 +15,8 @@ compare between the demo's runs, not with word-level WikiText-2 results.
 
 Writes into ``--workdir``: ``results.json``, ``curves.png`` (training and
 validation loss against updates for every run) and the fairseq logs and
-checkpoints.
+checkpoints. A finished run is reused by the same command; Ctrl-C stops every
+run at once and lists what was kept.
 
     python examples/language_model/demo_wikitext2.py                          # default budget
     python examples/language_model/demo_wikitext2.py --full --seeds 1 2       # the README's table

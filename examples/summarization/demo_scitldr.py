@@ -12,7 +12,8 @@ summarizes the test abstracts with beam search and is scored with ROUGE
 
 Writes into ``--workdir``: ``results.json``, ``curves.png`` (training and
 validation loss against updates for both runs) and the fairseq logs,
-checkpoints and summaries.
+checkpoints and summaries. A finished run is reused by the same command;
+Ctrl-C stops every run at once and lists what was kept.
 
     python examples/summarization/demo_scitldr.py                 # default budget
     python examples/summarization/demo_scitldr.py --full --seeds 1 2 3 4 5   # the README's table

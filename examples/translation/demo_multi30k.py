@@ -11,7 +11,8 @@ and sacreBLEU on test_2016_flickr, test_2017_flickr and test_2017_mscoco.
 Runs go two at a time, one progress bar each; fairseq's own output goes to a
 log file in each run's folder. Writes into ``--workdir``: ``results.json``,
 ``curves.png`` (training and validation curves of every run) and the logs and
-checkpoints.
+checkpoints. A finished run is reused by the same command; Ctrl-C stops every
+run at once and lists what was kept.
 
     python examples/translation/demo_multi30k.py          # default budget, seed 1
     python examples/translation/demo_multi30k.py --full   # the README's table: 3 seeds, 3 arms
