@@ -225,6 +225,17 @@ def test_compound_split_substitution():
     assert cs("end @-@ of") == "end @ ##AT##-##AT## @ of"
 
 
+def test_compound_splitting_turns_every_hyphen_of_tokenized_french_into_three_tokens():
+    # prepare_wmt14's text is tokenized with Moses' -a: each hyphen is already the token @-@
+    french = list(mt_prep.tokenize_lines(["Peut-être viendra-t-il, a-t-elle dit au porte-parole."], "fr",
+                                         aggressive=True))
+    assert french == ["Peut @-@ être viendra @-@ t @-@ il , a @-@ t @-@ elle dit au porte @-@ parole ."]
+    split = csb.compound_split(french[0])
+    assert split == ("Peut @ ##AT##-##AT## @ être viendra @ ##AT##-##AT## @ t @ ##AT##-##AT## @ il , "
+                     "a @ ##AT##-##AT## @ t @ ##AT##-##AT## @ elle dit au porte @ ##AT##-##AT## @ parole .")
+    assert len(split.split()) == len(french[0].split()) + 2 * 6
+
+
 def _write_gen(path, pairs):
     """A minimal fairseq-generate log; sentence ids deliberately out of order."""
     out = []
