@@ -157,3 +157,25 @@ def test_average_checkpoints_reads_fairseqs_types_and_refuses_a_file_that_would_
     assert f"error: {evil} holds more than fairseq's checkpoints do (Unsupported global: GLOBAL getattr was not " \
         "an allowed global by default), so it is not loaded" in proc.stderr
     assert not marker.exists()
+
+
+def test_fairseqs_trainer_accepts_what_rank_0_broadcasts_only_while_it_restores_a_checkpoint(checkpoint):
+    """Other ranks unpickle the state rank 0 sends (its config as omegaconf
+    objects, its tensors as fairseq's placeholders) inside Trainer.load_checkpoint."""
+    from fairseq.distributed.utils import _TensorPlaceholder
+    from fairseq.trainer import Trainer
+    from omegaconf import DictConfig
+
+    seen = []
+
+    class RestoringTrainer:
+        @property
+        def data_parallel_world_size(self):
+            seen.append(set(torch.serialization.get_safe_globals()))
+            raise RuntimeError("stop here")
+
+    before = torch.serialization.get_safe_globals()
+    with pytest.raises(RuntimeError, match="stop here"):
+        Trainer.load_checkpoint(RestoringTrainer(), str(checkpoint))
+    assert {DictConfig, _TensorPlaceholder, argparse.Namespace} <= seen[0]
+    assert torch.serialization.get_safe_globals() == before
