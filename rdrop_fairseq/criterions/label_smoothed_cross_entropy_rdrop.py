@@ -12,7 +12,8 @@ generation and ``--rdrop-alpha 0`` are exactly fairseq's
 ``label_smoothed_cross_entropy``: one pass, nothing doubled.
 ``--ignore-prefix-size`` at or beyond the task's longest target stops start-up;
 a training batch whose targets are all within the prefix counts as empty
-(zero loss, one warning), while validation adds 0 for it as fairseq does.
+(zero loss, one warning; the model still runs, so that DDP stays in step),
+while validation adds 0 for it as fairseq does.
 With ``--rdrop-alpha-warmup-updates N``, alpha rises linearly from 0 over the
 first N updates of the trainer's count (``rdrop_common.trainer_num_updates``),
 or of the count given to ``set_num_updates`` in another training loop.
