@@ -28,12 +28,17 @@ Part 2, one training step (forward, criterion, backward, Adam) on real
 Multi30k batches (sentencepiece 8000, up to --max-tokens per batch) with a
 transformer of the IWSLT14 class, shrunk for a CPU (3+3 layers, width 256,
 FFN 1024, 4 heads, dropout 0.3), identical weights in every arm:
-``baseline`` (fairseq's label_smoothed_cross_entropy), ``ours``
-(label_smoothed_cross_entropy_rdrop, alpha 5) and ``upstream``
-(label_smoothed_cross_entropy_with_rdrop, alpha 5). The arms take turns on
-every batch, in rotating order, so machine noise hits them alike; ratios are
-medians of per-batch ratios. Peak RSS comes from one fresh process per arm
-running the same batches (same VmHWM method); on CUDA, max_memory_allocated.
+``baseline`` (fairseq's label_smoothed_cross_entropy), ``two-passes`` (the
+baseline on the batch concatenated with itself), ``ours``
+(label_smoothed_cross_entropy_rdrop, alpha 5), ``upstream``
+(label_smoothed_cross_entropy_with_rdrop, alpha 5), the baseline and ours
+with fairseq's ``--checkpoint-activations`` (every layer's activations
+recomputed in backward), and ours on each batch's two halves of sentences
+with one optimizer step, as halving --max-tokens and doubling --update-freq
+does. The arms take turns on every batch, in rotating order, so machine noise
+hits them alike; ratios are medians of per-batch ratios. Peak RSS comes from
+one fresh process per arm running the same batches (same VmHWM method); on
+CUDA, max_memory_allocated.
 """
 
 import argparse
@@ -61,14 +66,31 @@ from scripts.demo_support import USER_DIR  # noqa: E402
 # formula's 11 GiB fit in a 23 GiB machine.
 KL_SIZES = [(2048, 8000), (2048, 32000), (8192, 8000), (8192, 32000), (1024, 250000)]
 KL_IMPLS = ("official", "ours", "ours+lsm")
+BASELINE = ["--criterion", "label_smoothed_cross_entropy"]
+OURS = ["--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", "5"]
 STEP_ARMS = {
-    "baseline": ["--criterion", "label_smoothed_cross_entropy"],
+    "baseline": BASELINE,
     # the floor R-Drop cannot go below: the baseline on [x; x], i.e. the two
     # passes without the KL, so ours/two-passes is what our criterion adds
-    "two-passes": ["--criterion", "label_smoothed_cross_entropy"],
-    "ours": ["--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", "5"],
+    "two-passes": BASELINE,
+    "ours": OURS,
     "upstream": ["--criterion", "label_smoothed_cross_entropy_with_rdrop", "--rdrop-alpha", "5"],
+    "baseline-checkpointed": [*BASELINE, "--checkpoint-activations"],
+    "ours-checkpointed": [*OURS, "--checkpoint-activations"],
+    # the memory-saving alternative: half the batch per forward, --update-freq 2
+    "ours-update-freq-2": OURS,
 }
+# (arm, reference) pairs whose paired step-time ratio, and peak-memory ratios, the step part reports
+STEP_TIME_RATIOS = [
+    ("ours", "baseline"), ("two-passes", "baseline"), ("ours", "two-passes"), ("ours", "upstream"),
+    ("upstream", "baseline"), ("baseline-checkpointed", "baseline"), ("ours-checkpointed", "baseline"),
+    ("ours-checkpointed", "ours"), ("ours-update-freq-2", "ours"), ("ours-checkpointed", "ours-update-freq-2"),
+]
+STEP_MEMORY_RATIOS = [
+    ("ours", "upstream"), ("ours", "baseline"), ("baseline-checkpointed", "baseline"),
+    ("ours-checkpointed", "baseline"), ("ours-checkpointed", "ours"), ("ours-update-freq-2", "ours"),
+    ("ours-checkpointed", "ours-update-freq-2"),
+]
 MODEL = {"layers": 3, "embed_dim": 256, "ffn_dim": 1024, "heads": 4, "vocab_size": 8000}
 # Every block above this many bytes goes back to the system when freed.
 MMAP_THRESHOLD = 65536
@@ -249,16 +271,20 @@ class StepArm:
         self.model, self.criterion = model, criterion
         self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
         self.doubles_batch = name == "two-passes"
+        self.splits_batch = name == "ours-update-freq-2"
 
     def step(self, sample):
         if self.doubles_batch:
             sample = doubled(sample)
-        # upstream's criterion rewrites sample["net_input"] in place: every arm
-        # gets a fresh top-level dict, so all see the same batch.
-        sample = {**sample, "net_input": dict(sample["net_input"])}
         self.optimizer.zero_grad(set_to_none=True)
-        loss, _, _ = self.criterion(self.model, sample)
-        loss.backward()
+        # fairseq's criteria return sums, so the micro-batches' gradients add up
+        # to the whole batch's, as fairseq's Trainer accumulates them.
+        for micro_batch in (halves(sample, self.criterion.padding_idx) if self.splits_batch else [sample]):
+            # upstream's criterion rewrites sample["net_input"] in place: every
+            # arm gets a fresh top-level dict, so all see the same batch.
+            micro_batch = {**micro_batch, "net_input": dict(micro_batch["net_input"])}
+            loss, _, _ = self.criterion(self.model, micro_batch)
+            loss.backward()
         self.optimizer.step()
 
 
@@ -274,6 +300,31 @@ def doubled(sample):
         "ntokens": 2 * sample["ntokens"],
         "nsentences": 2 * sample["nsentences"],
     }
+
+
+def halves(sample, pad):
+    """The batch as two batches of its first and second half of sentences.
+
+    Every tensor whose first dimension is the batch is cut in two; the padding
+    columns stay, which costs little in fairseq's batches of similar lengths.
+    """
+    from fairseq import utils
+
+    batch_size = sample["target"].size(0)
+    cut = (batch_size + 1) // 2
+    parts = []
+    for rows in (slice(0, cut), slice(cut, batch_size)):
+        part = utils.apply_to_sample(lambda t: t[rows] if t.dim() > 0 and t.size(0) == batch_size else t,
+                                     {k: v for k, v in sample.items() if k not in ("ntokens", "nsentences")})
+        part["nsentences"] = part["target"].size(0)
+        part["ntokens"] = int(part["target"].ne(pad).sum())
+        parts.append(part)
+    return parts
+
+
+def checkpointed_layers(model):
+    """How many modules fairseq's checkpoint wrapper has wrapped."""
+    return sum(hasattr(module, "precheckpoint_forward") for module in model.modules())
 
 
 def step_memory_case(arm, bin_dir, model_size, max_tokens, batches, device):
@@ -332,17 +383,15 @@ def benchmark_step(args):
             "median_step_s": statistics.median(times[name]),
             "target_tokens_per_s": sum(tokens) / sum(times[name]),
             "times": times[name],
+            "checkpointed_layers": checkpointed_layers(runners[name].model),
             **memory[name],
         }
-    result["ratios"] = {
-        "ours/baseline step": paired_ratio(times["ours"], times["baseline"]),
-        "two-passes/baseline step": paired_ratio(times["two-passes"], times["baseline"]),
-        "ours/two-passes step": paired_ratio(times["ours"], times["two-passes"]),
-        "ours/upstream step": paired_ratio(times["ours"], times["upstream"]),
-        "upstream/baseline step": paired_ratio(times["upstream"], times["baseline"]),
-        "ours/upstream peak RSS": memory["ours"]["peak_mib"] / memory["upstream"]["peak_mib"],
-        "ours/upstream extra peak": memory["ours"]["peak_extra_mib"] / memory["upstream"]["peak_extra_mib"],
-    }
+    result["ratios"] = {f"{arm}/{reference} step": paired_ratio(times[arm], times[reference])
+                        for arm, reference in STEP_TIME_RATIOS}
+    for arm, reference in STEP_MEMORY_RATIOS:
+        result["ratios"][f"{arm}/{reference} peak RSS"] = memory[arm]["peak_mib"] / memory[reference]["peak_mib"]
+        result["ratios"][f"{arm}/{reference} extra peak"] = (
+            memory[arm]["peak_extra_mib"] / memory[reference]["peak_extra_mib"])
     return result
 
 

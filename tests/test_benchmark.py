@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from .cli import REPO
 
@@ -34,10 +35,19 @@ def test_benchmark_quick_run_prints_both_tables_and_writes_every_measurement(tmp
                       for i in ("official", "ours"))
     assert official["peak_extra_mib"] > ours["peak_extra_mib"] + 30
     step = results["step"]
-    assert set(step["arms"]) == {"baseline", "two-passes", "ours", "upstream"}
+    assert set(step["arms"]) == {"baseline", "two-passes", "ours", "upstream", "baseline-checkpointed",
+                                 "ours-checkpointed", "ours-update-freq-2"}
     for arm in step["arms"].values():
         assert len(arm["times"]) == 2 and arm["target_tokens_per_s"] > 0 and arm["peak_mib"] > 0
-    assert set(step["ratios"]) >= {"ours/baseline step", "ours/upstream step", "ours/upstream peak RSS"}
+    # --quick has one encoder and one decoder layer, each wrapped by fairseq's checkpoint wrapper
+    assert {name: arm["checkpointed_layers"] for name, arm in step["arms"].items() if arm["checkpointed_layers"]} == {
+        "baseline-checkpointed": 2, "ours-checkpointed": 2}
+    assert set(step["ratios"]) >= {
+        "ours/baseline step", "ours/upstream step", "ours/upstream peak RSS",
+        "ours-checkpointed/baseline step", "ours-checkpointed/baseline peak RSS",
+        "ours-checkpointed/baseline extra peak", "ours-checkpointed/ours step", "ours-checkpointed/ours peak RSS",
+        "ours-update-freq-2/ours step", "ours-update-freq-2/ours peak RSS",
+    }
 
 
 def test_the_kl_table_has_an_mbart_sized_vocabulary_and_cases_can_be_chosen():
@@ -47,3 +57,22 @@ def test_the_kl_table_has_an_mbart_sized_vocabulary_and_cases_can_be_chosen():
     assert benchmark_rdrop.kl_size("1024x250000") == (1024, 250000)
     with pytest.raises(argparse.ArgumentTypeError, match="expected TOKENSxVOCAB such as 1024x250000, got '1024'"):
         benchmark_rdrop.kl_size("1024")
+
+
+def test_the_update_freq_2_arm_takes_every_sentence_of_the_batch_once_in_two_halves():
+    from scripts import benchmark_rdrop
+
+    from .tiny_fairseq import make_sample, make_task
+
+    task = make_task()
+    sample = make_sample(task, batch_size=5, seed=3)
+    pad = task.target_dictionary.pad()
+    first, second = benchmark_rdrop.halves(sample, pad)
+    assert (first["nsentences"], second["nsentences"]) == (3, 2)
+    assert first["ntokens"] + second["ntokens"] == sample["ntokens"]
+    for part in (first, second):
+        assert part["ntokens"] == int(part["target"].ne(pad).sum())
+    for key in ("src_tokens", "src_lengths", "prev_output_tokens"):
+        assert torch.equal(torch.cat([first["net_input"][key], second["net_input"][key]]), sample["net_input"][key])
+    assert torch.equal(torch.cat([first["target"], second["target"]]), sample["target"])
+    assert torch.equal(torch.cat([first["id"], second["id"]]), sample["id"])
