@@ -267,14 +267,14 @@ OFFICIAL = [
      "train_lm_wiki103_rdrop.sh", "NUM_GPUS=8 train_wikitext103.sh transformer",
      "--ddp-backend=no_c10d --fp16 --max-update 50000 --skip-invalid-size-inputs-valid-test"),
     ("language_model", 0, "Adaptive Input model and schedule", LM + "train_lm_adaptive_wiki103_rdrop.sh",
-     "`transformer_lm_wiki103`", "NUM_GPUS=8 train_wikitext103.sh adaptive",
+     "train_lm_adaptive_wiki103_rdrop.sh", "NUM_GPUS=8 train_wikitext103.sh adaptive",
      "--arch transformer_lm_wiki103 --lr 1.0 --t-mult 2 --lr-period-updates 270000 --lr-scheduler cosine "
      "--lr-shrink 0.75 --warmup-updates 16000 --warmup-init-lr 1e-07 --stop-min-lr 1e-09 --optimizer nag "
      "--min-lr 1e-4 --clip-norm 0.1"),  # --min-lr ${LR}, LR=1e-4
     ("language_model", 0, "Adaptive Input criterion", LM + "train_lm_adaptive_wiki103_rdrop.sh",
-     "`reg_adaptive_loss --reg-alpha 1.0`", "NUM_GPUS=8 train_wikitext103.sh adaptive", "--reg-alpha 1.0"),
+     "train_lm_adaptive_wiki103_rdrop.sh", "NUM_GPUS=8 train_wikitext103.sh adaptive", "--reg-alpha 1.0"),
     ("language_model", 0, "Adaptive Input batch", LM + "train_lm_adaptive_wiki103_rdrop.sh",
-     "`--tokens-per-sample 3072`", "NUM_GPUS=8 train_wikitext103.sh adaptive",
+     "train_lm_adaptive_wiki103_rdrop.sh", "NUM_GPUS=8 train_wikitext103.sh adaptive",
      "--max-tokens 3072 --update-freq 3 --tokens-per-sample 3072"),
     ("language_model", 0, "Adaptive Input length, precision", LM + "train_lm_adaptive_wiki103_rdrop.sh",
      "train_lm_adaptive_wiki103_rdrop.sh", "NUM_GPUS=8 train_wikitext103.sh adaptive", "--max-update 320000 --fp16"),
