@@ -57,7 +57,7 @@ def test_fairseqs_checkpoint_loader_and_only_it_accepts_fairseqs_checkpoint_type
     with pytest.raises(pickle.UnpicklingError, match="weights_only"):
         torch.load(checkpoint)
     assert_loaded_as_saved(checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint)))
-    assert torch.serialization.get_safe_globals() == before
+    assert set(torch.serialization.get_safe_globals()) == set(before)
     with pytest.raises(pickle.UnpicklingError, match="weights_only"):
         torch.load(checkpoint)
 
@@ -178,4 +178,4 @@ def test_fairseqs_trainer_accepts_what_rank_0_broadcasts_only_while_it_restores_
     with pytest.raises(RuntimeError, match="stop here"):
         Trainer.load_checkpoint(RestoringTrainer(), str(checkpoint))
     assert {DictConfig, _TensorPlaceholder, argparse.Namespace} <= seen[0]
-    assert torch.serialization.get_safe_globals() == before
+    assert set(torch.serialization.get_safe_globals()) == set(before)
