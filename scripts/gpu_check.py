@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts.demo_support import run_command  # noqa: E402
+from scripts.demo_support import run_command, stop_running_commands  # noqa: E402
 from scripts.fairseq_logs import parse_record  # noqa: E402
 
 # name: (training script, its first arguments, extra environment); the checks
@@ -174,19 +174,29 @@ def main(argv=None):
         bar.set_postfix_str(f"{row['check']} {row['precision']}: {row['status']}")
         bar.update()
 
-    # the benchmark alone, so that nothing beside it disturbs its timings
-    if "benchmark" in args.only:
-        record({"check": "benchmark", "precision": "fp32", **check_benchmark(args.device, work, args.quick)})
-
     def run_group(group):
         for name, precision, (env_extra, flags) in planned:
             if name in group:
                 check = check_resume if name == "resume" else lambda *a: check_recipe(name, *a)
                 record({"check": name, "precision": precision, **check(precision, env_extra, flags, work)})
 
-    jobs = args.jobs or (4 if args.device == "cuda" else 1)
-    with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(run_group, GROUPS))
+    pool = ThreadPoolExecutor(args.jobs or (4 if args.device == "cuda" else 1))
+    try:
+        # the benchmark alone, so that nothing beside it disturbs its timings
+        if "benchmark" in args.only:
+            record({"check": "benchmark", "precision": "fp32", **check_benchmark(args.device, work, args.quick)})
+        for future in [pool.submit(run_group, group) for group in GROUPS]:
+            future.result()
+    except KeyboardInterrupt:
+        # the commands run in process groups of their own, which Ctrl-C does not reach
+        stop_running_commands()
+        pool.shutdown(cancel_futures=True)
+        bar.close()
+        done = ", ".join(f"{row['check']} ({row['precision']})" for row in rows) or "none"
+        print(f"[gpu-check] stopped by Ctrl-C; every command it started has ended. Checks done: {done}. "
+              f"Logs in {work / 'logs'}")
+        return 130
+    pool.shutdown()
     bar.close()
 
     order = {name: i for i, name in enumerate(CHECKS)}

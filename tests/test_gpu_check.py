@@ -4,7 +4,9 @@ check that goes wrong is reported as failed with its log."""
 
 import json
 import os
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -52,3 +54,28 @@ def test_every_check_passes_on_the_cpu(tmp_path):
     assert all(row["status"] == "ok" for row in result["checks"])
     benchmark = result["checks"][0]
     assert 0 < benchmark["kl_time_vs_official"] and 0 < benchmark["kl_memory_vs_official"] < 1
+
+
+def test_ctrl_c_ends_every_command_the_check_started(tmp_path):
+    work = tmp_path / "work"
+    proc = subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--only", "iwslt14", "--workdir", str(work)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    log = work / "logs" / "iwslt14-fp32.log"
+    deadline = time.monotonic() + 300
+    while "fairseq-train" not in running_commands(work) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "fairseq-train" in running_commands(work), log.read_text()[-2000:]
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output[-2000:]
+    assert "stopped by Ctrl-C; every command it started has ended. Checks done: none." in output
+    time.sleep(1)
+    assert running_commands(work) == "", "a command of the check outlived it"
+
+
+def running_commands(work):
+    """The command lines of running processes that name the check's folder."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+    return "\n".join(line for line in ps.splitlines() if str(work) in line and "ps -ww" not in line)
