@@ -41,9 +41,10 @@ from fairseq.distributed import utils as distributed_utils
 
 
 def fairseq_checkpoint_types():
-    """``argparse.Namespace``, numpy's array, dtype and (non-object) dtype classes, and the two
-    functions numpy arrays and scalars unpickle through, under the module name
-    numpy 2 (``numpy._core``) and numpy 1 (``numpy.core``) pickles give them."""
+    """``argparse.Namespace``, numpy's array, dtype and numeric dtype classes
+    (boolean, integer, floating, complex), and the two functions numpy arrays and
+    scalars unpickle through, under the module names numpy 2 (``numpy._core``)
+    and numpy 1 (``numpy.core``) pickles give them."""
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
     dtype_classes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
     numpy_functions = [
@@ -118,7 +119,9 @@ def _allowing(function, types):
 def allow_fairseq_checkpoint_types() -> None:
     if getattr(torch.serialization, "safe_globals", None) is None:
         return  # torch < 2.5, whose torch.load unpickles everything by default
-    checkpoint_utils.load_checkpoint_to_cpu = _allowing(checkpoint_utils.load_checkpoint_to_cpu, fairseq_checkpoint_types)
+    checkpoint_utils.load_checkpoint_to_cpu = _allowing(
+        checkpoint_utils.load_checkpoint_to_cpu, fairseq_checkpoint_types
+    )
     checkpoint_utils.load_ema_from_checkpoint = _allowing(
         checkpoint_utils.load_ema_from_checkpoint, fairseq_checkpoint_types
     )
