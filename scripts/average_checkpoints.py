@@ -13,7 +13,6 @@ task state, ...) from the newest input, so fairseq-generate loads it as usual.
 """
 
 import argparse
-import pickle
 import re
 import sys
 from collections import OrderedDict
@@ -23,7 +22,7 @@ from typing import List
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rdrop_fairseq.criterions.checkpoint_types import allowed_while, fairseq_checkpoint_types  # noqa: E402
+from rdrop_fairseq.checkpoint_types import RefusedCheckpointError, load_checkpoint_safely  # noqa: E402
 
 _UPDATE = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
 _EPOCH = re.compile(r"^checkpoint(\d+)\.pt$")
@@ -43,16 +42,13 @@ def last_checkpoints(folder: Path, n: int, by: str) -> List[Path]:
 
 
 def _load(path: Path) -> dict:
-    # torch's weights-only loading, which also accepts what fairseq's
-    # checkpoints hold (the legacy args, numpy arrays and scalars), as fairseq's
-    # own loader does with the plugin; the file's config stays a plain dict,
-    # so the output loads the same way.
+    # On every torch: tensors, plain containers and what fairseq's checkpoints
+    # hold (the legacy args, numpy arrays and scalars), nothing that runs code.
+    # The file's config stays a plain dict, so the output loads the same way.
     try:
-        with allowed_while(fairseq_checkpoint_types()):
-            return torch.load(path, map_location="cpu")
-    except pickle.UnpicklingError as error:
-        reason = str(error).partition("WeightsUnpickler error: ")[2].split(". Please")[0] or str(error)
-        raise SystemExit(f"error: {path} holds more than fairseq's checkpoints do ({reason}), so it is not "
+        return load_checkpoint_safely(path)
+    except RefusedCheckpointError as error:
+        raise SystemExit(f"error: {path} holds more than fairseq's checkpoints do ({error.reason}), so it is not "
                          "loaded: unpickling it could run code. Average checkpoints that fairseq-train wrote")
 
 

@@ -13,6 +13,7 @@ MULTI30K = REPO / "data" / "translation" / "multi30k"
 WIKITEXT2 = REPO / "data" / "language_modeling" / "wikitext-2"
 sys.path.insert(0, str(REPO))
 
+from rdrop_fairseq.fairseq_fixes import FAST_PATH_COPIES  # noqa: E402
 from scripts.demo_support import tool  # noqa: E402
 from scripts.fairseq_logs import read_records  # noqa: E402
 
@@ -31,6 +32,18 @@ def run_tool(name, *args, timeout=600, check=True, cwd=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
     return proc
+
+
+# What fairseq 0.12.2 keeps in a model's state beside the learned weights: its
+# sinusoidal positions' uninitialised ``_float_tensor`` (there for its dtype
+# and device) and its encoder layers' fast-path copies, which a loaded model
+# fills from the checkpoint and a new one leaves at zero.
+NOT_LEARNED = ("_float_tensor", *FAST_PATH_COPIES)
+
+
+def learned_state(state):
+    """A model's state without the entries named in NOT_LEARNED."""
+    return {name: value for name, value in state.items() if name.rpartition(".")[2] not in NOT_LEARNED}
 
 
 def head_lines(path, count):

@@ -21,7 +21,7 @@ from fairseq.tasks.translation import TranslationTask
 
 import rdrop_fairseq  # noqa: F401  (lets fairseq's loader read fairseq's checkpoint types under weights_only)
 
-from .cli import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, USER_DIR, run_tool, train_records
+from .cli import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, USER_DIR, learned_state, run_tool, train_records
 from .tiny_fairseq import make_dictionary, make_lm_sample, make_sample
 
 TINY_ENCODER_DECODER = [
@@ -183,5 +183,5 @@ def test_fairseq_train_with_checkpoint_activations_logs_and_learns_the_same(mult
             # to the log's 3 decimals
             assert mine[key] == pytest.approx(reference[key], abs=1.5e-3), (mine["num_updates"], key)
     assert checkpointed_model.keys() == plain_model.keys()
-    for name, value in plain_model.items():
+    for name, value in learned_state(plain_model).items():
         torch.testing.assert_close(checkpointed_model[name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -110,8 +110,18 @@ def test_a_model_whose_output_is_not_twice_the_batch_is_rejected_naming_both_siz
         criterion(DropsTheSecondCopy(make_model(task)), make_sample(task, batch_size=3))
 
 
+def has_cpu_dropout(dtype):
+    try:
+        torch.nn.functional.dropout(torch.ones(2, dtype=dtype), 0.5, training=True)
+    except RuntimeError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_model_with_huge_logits_gives_finite_loss_kl_and_gradients(task, dtype):
+    if not has_cpu_dropout(dtype):
+        pytest.skip(f"torch {torch.__version__} has no {dtype} dropout on the CPU (a GPU runs this case)")
     model = make_model(task).to(dtype)
     with torch.no_grad():
         # the output projection is the shared embedding: logits in the thousands

@@ -1,5 +1,2 @@
 from rdrop_fairseq.criterions import adaptive_loss_rdrop  # noqa: F401
 from rdrop_fairseq.criterions import label_smoothed_cross_entropy_rdrop  # noqa: F401
-from rdrop_fairseq.criterions.checkpoint_types import allow_fairseq_checkpoint_types
-
-allow_fairseq_checkpoint_types()

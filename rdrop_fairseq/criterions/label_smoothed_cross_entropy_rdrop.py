@@ -127,10 +127,11 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
         if not self.rdrop_active(model):
             return super().forward(model, sample, reduce=reduce)
         net_output, target = self.forward_both_passes(model, sample)
-        if target.size(1) <= self.ignore_prefix_size:
+        if target.size(1) <= self.ignore_prefix_size or sample["ntokens"] == 0:
             # The model still runs, as on a DDP dummy batch: under PyTorch's
             # DistributedDataParallel every rank must call it and reduce gradients.
-            self.warn_nothing_after_prefix(target.size(1))
+            if target.size(1) <= self.ignore_prefix_size:
+                self.warn_nothing_after_prefix(target.size(1))
             return self.empty_batch_output(model, net_output)
         # fairseq's own prefix slicing and flattening: 2B x T' rows, pass 1 first,
         # and the B x T' targets of the original batch
@@ -164,7 +165,7 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
 
     def empty_batch_output(self, model, net_output=None):
         """Zero loss and the same logging keys as a real batch, so that worker
-        outputs stay summable; the zero reaches the parameters through
+        outputs stay summable; the zero reaches the parameters behind
         ``net_output`` where the model was run."""
         logging_output = dict.fromkeys(("loss", "nll_loss", "ntokens", "nsentences", "sample_size"), 0)
         if self.rdrop_active(model):

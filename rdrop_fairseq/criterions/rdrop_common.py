@@ -4,7 +4,7 @@ doubled forward pass, batches with nothing to learn, and the logged metrics."""
 import logging
 import math
 from dataclasses import field
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from fairseq import utils
@@ -89,6 +89,21 @@ def has_active_dropout(model: torch.nn.Module) -> bool:
         isinstance(module, (torch.nn.modules.dropout._DropoutNd, FairseqDropout)) and module.p > 0
         for module in model.modules()
     )
+
+
+def leaves_behind(tensor: torch.Tensor) -> List[torch.Tensor]:
+    """The tensors that require grad and that ``tensor`` was computed from
+    (the model's parameters that a loss on it would reach)."""
+    leaves, seen, stack = [], set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):  # AccumulateGrad: a leaf's gradient sink
+            leaves.append(node.variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
 
 
 def concat_batch_with_itself(net_input, batch_size: int):
@@ -186,12 +201,16 @@ class RDropCriterionMixin:
 
     @staticmethod
     def zero_loss(model, net_output=None):
-        """A zero whose gradient reaches every parameter: through the model's
-        output where it was run (the sum of none of its entries, exactly 0 even
-        where the output overflowed), else through the parameters themselves."""
-        if net_output is not None:
-            return net_output[0].flatten()[:0].sum()
-        return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+        """A zero whose gradient, exactly 0, reaches the parameters a real batch's
+        loss reaches: those behind the model's output where it was run (PyTorch
+        DDP expects the same ones on every rank), else all of them. It is the sum
+        of none of their entries, not taken through the output, which can hold
+        NaN (all-masked attention rows, on older torch) and 0 times NaN is NaN."""
+        if net_output is None:
+            parameters = [p for p in model.parameters() if p.requires_grad]
+        else:
+            parameters = leaves_behind(net_output[0])
+        return sum((p.flatten()[:0].sum() for p in parameters), torch.zeros(()))
 
     @staticmethod
     def reduce_rdrop_metrics(logging_outputs) -> None:
