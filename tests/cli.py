@@ -60,15 +60,16 @@ def train_records(log_path, tag="train_inner"):
     return read_records(log_path, tag)
 
 
-# A tiny transformer and the training flags the CLI tests share.
-TINY_TRANSFORMER = [
-    "--arch", "transformer", "--share-all-embeddings",
+# A tiny encoder-decoder (any architecture's sizes), a tiny transformer, and
+# the training flags the CLI tests share.
+TINY_DIMS = [
     "--encoder-layers", 1, "--decoder-layers", 1,
     "--encoder-embed-dim", 64, "--decoder-embed-dim", 64,
     "--encoder-ffn-embed-dim", 128, "--decoder-ffn-embed-dim", 128,
     "--encoder-attention-heads", 2, "--decoder-attention-heads", 2,
     "--dropout", 0.2,
 ]
+TINY_TRANSFORMER = ["--arch", "transformer", "--share-all-embeddings", *TINY_DIMS]
 COMMON_TRAIN = [
     "--user-dir", USER_DIR, "--cpu", "--seed", 3, "--num-workers", 0,
     "--optimizer", "adam", "--lr", 3e-3, "--lr-scheduler", "inverse_sqrt", "--warmup-updates", 10,

@@ -8,15 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from .cli import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, USER_DIR, run_tool, train_records, write_lines
+from .cli import COMMON_TRAIN, RDROP, TINY_DIMS, TINY_TRANSFORMER, USER_DIR, run_tool, train_records, write_lines
 
-TINY_DIMS = [
-    "--encoder-layers", 1, "--decoder-layers", 1,
-    "--encoder-embed-dim", 64, "--decoder-embed-dim", 64,
-    "--encoder-ffn-embed-dim", 128, "--decoder-ffn-embed-dim", 128,
-    "--encoder-attention-heads", 2, "--decoder-attention-heads", 2,
-    "--dropout", 0.2,
-]
 # Six updates, a train_inner record every two; validation in one batch of every
 # sentence (fairseq's default multiple of 8 sentences per batch drops the rest).
 FEW_UPDATES = [
