@@ -21,9 +21,11 @@ mkdir -p "$root/runs/compat"
 log="$root/runs/compat/nox-$(date +%Y%m%d-%H%M%S).log"
 echo "compat_matrix: full log in $log" >&2
 cd "$root"
-# nox and everything it starts get a process group of their own, so that one
-# signal reaches them all.
-setsid nox "$@" > >(tee "$log") 2>&1 &
+# Job control gives nox and everything it starts a process group of their
+# own, so that one signal reaches them all, and leaves Ctrl-C's default in
+# place for them (without it bash ignores SIGINT in background commands).
+set -m
+nox "$@" > >(tee "$log") 2>&1 &
 nox_pid=$!
 stop() { kill "-$1" -- "-$nox_pid" 2>/dev/null || true; wait "$nox_pid" || true; exit "$2"; }
 trap 'stop INT 130' INT
