@@ -2,7 +2,7 @@
 full training step against the baseline and upstream fairseq's R-Drop.
 
     python scripts/benchmark_rdrop.py                  # CPU: tables on stdout, JSON in --out
-    python scripts/benchmark_rdrop.py --device cuda    # the same on a GPU
+    python scripts/benchmark_rdrop.py --device cuda    # on a GPU: KL table and the recipes' models
     python scripts/benchmark_rdrop.py --quick          # small sizes, a smoke test
     python scripts/benchmark_rdrop.py --parts kl --kl-sizes 1024x250000   # one row of the KL table
 
@@ -39,6 +39,24 @@ does. The arms take turns on every batch, in rotating order, so machine noise
 hits them alike; ratios are medians of per-batch ratios. Peak RSS comes from
 one fresh process per arm running the same batches (same VmHWM method); on
 CUDA, max_memory_allocated.
+
+Part 3 (``--parts recipes``; on CUDA the step part by default, in place of
+part 2), the recipes' own models at their own per-GPU batch, in fairseq's
+Trainer (fp16 on CUDA, float32 on the CPU), on batches of random tokens of
+each recipe's dictionary size: ``transformer_iwslt_de_en`` at 4,096 tokens,
+``transformer_vaswani_wmt_en_de_big`` at the WMT recipe's 4,096 per GPU and
+``bart_large`` at the CNN/DailyMail recipe's 1,024 (one 1,024-token article),
+each with its recipe's dropout, shared embeddings and alpha; arms
+``baseline``, ``two-passes``, ``ours``, ``upstream`` and ``ours-checkpointed``
+(``--checkpoint-activations``), identical weights, taking turns on every batch
+as in part 2. Memory on CUDA: ``max_memory_allocated`` during a step above the
+memory in use at its start, plus what the arm holds between steps (its
+weights, fp32 master weights, gradients and Adam's state), i.e. the arm's peak
+as if alone (on the CPU memory is not measured here: the arms share one
+process); the five arms of a model are on the GPU together (bart_large's
+hold an estimated 8 GB each: ``--recipe-models`` picks fewer models). With ``--quick``:
+two batches, two timed rounds; on the CPU, also the models shrunk (one layer
+each side, width 32) and batches of 128 tokens, which checks the code path.
 """
 
 import argparse
@@ -379,13 +397,7 @@ def benchmark_step(args):
     result = {"model": model_size, "max_tokens": args.max_tokens, "batches": args.batches,
               "reps": args.step_reps, "ntokens_per_batch": [s["ntokens"] for s in samples], "arms": {}}
     for name in names:
-        result["arms"][name] = {
-            "median_step_s": statistics.median(times[name]),
-            "target_tokens_per_s": sum(tokens) / sum(times[name]),
-            "times": times[name],
-            "checkpointed_layers": checkpointed_layers(runners[name].model),
-            **memory[name],
-        }
+        result["arms"][name] = {**arm_timing(times[name], tokens, runners[name].model), **memory[name]}
     result["ratios"] = {f"{arm}/{reference} step": paired_ratio(times[arm], times[reference])
                         for arm, reference in STEP_TIME_RATIOS}
     for arm, reference in STEP_MEMORY_RATIOS:
@@ -395,8 +407,196 @@ def benchmark_step(args):
     return result
 
 
+def arm_timing(times, tokens, model):
+    """One arm's step figures: median seconds, target tokens per second over all
+    its steps, the times themselves and how many layers it checkpoints."""
+    return {"median_step_s": statistics.median(times), "target_tokens_per_s": sum(tokens) / sum(times),
+            "times": times, "checkpointed_layers": checkpointed_layers(model)}
+
+
 def paired_ratio(times, reference):
     return statistics.median(t / r for t, r in zip(times, reference))
+
+
+# ---------------------------------------------------- part 3: the recipes' models
+
+# Each recipe's model as its training script sets it: architecture and model
+# flags, --max-tokens per GPU, R-Drop's alpha, the size of its joined
+# dictionary (fairseq-preprocess pads it to a multiple of 8: IWSLT'14's 10,000
+# BPE merges give 10,152 symbols, WMT'14's --nwordssrc 32768, GPT-2's BPE for
+# BART 50,264) and the source and target length of the random sentences that
+# fill a batch (CNN/DailyMail: one article truncated to 1,024 tokens).
+RECIPE_MODELS = {
+    "iwslt14": {"arch": "transformer_iwslt_de_en", "max_tokens": 4096, "alpha": 5, "vocab": 10152,
+                "lengths": (32, 32), "flags": ["--share-all-embeddings", "--dropout", "0.3"]},
+    "wmt14": {"arch": "transformer_vaswani_wmt_en_de_big", "max_tokens": 4096, "alpha": 5, "vocab": 32768,
+              "lengths": (32, 32),
+              "flags": ["--share-all-embeddings", "--dropout", "0.1", "--attention-dropout", "0.1",
+                        "--activation-dropout", "0.1"]},
+    "cnn_dm": {"arch": "bart_large", "max_tokens": 1024, "alpha": 0.7, "vocab": 50264, "lengths": (1024, 96),
+               "flags": ["--share-all-embeddings", "--layernorm-embedding", "--share-decoder-input-output-embed",
+                         "--dropout", "0.1", "--attention-dropout", "0.1", "--clip-norm", "0.1"]},
+}
+RECIPE_ARMS = {
+    "baseline": lambda alpha: BASELINE,
+    "two-passes": lambda alpha: BASELINE,
+    "ours": lambda alpha: ["--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", str(alpha)],
+    "upstream": lambda alpha: ["--criterion", "label_smoothed_cross_entropy_with_rdrop", "--rdrop-alpha", str(alpha)],
+    "ours-checkpointed": lambda alpha: [*RECIPE_ARMS["ours"](alpha), "--checkpoint-activations"],
+}
+RECIPE_TIME_RATIOS = [("ours", "baseline"), ("two-passes", "baseline"), ("ours", "two-passes"), ("ours", "upstream"),
+                      ("ours-checkpointed", "ours"), ("ours-checkpointed", "baseline")]
+RECIPE_MEMORY_RATIOS = [("ours", "baseline"), ("ours", "upstream"), ("ours-checkpointed", "ours"),
+                        ("ours-checkpointed", "baseline")]
+# --quick on the CPU: every model with one layer each side, width 32 (the
+# recipes' SMOKE=1 sizes), at 128 tokens per batch.
+CPU_QUICK_SHRINK = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
+                    "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+                    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"]
+CPU_QUICK_TOKENS = 128
+
+
+def recipe_dictionary(size):
+    """A fairseq dictionary of ``size`` symbols (its 4 special ones included)."""
+    from fairseq.data import Dictionary
+
+    dictionary = Dictionary()
+    for index in range(size - len(dictionary)):
+        dictionary.add_symbol(f"w{index}")
+    return dictionary
+
+
+def recipe_setup(name, device, quick):
+    """(max tokens, source length, target length, extra fairseq-train flags) of a recipe's model here."""
+    spec = RECIPE_MODELS[name]
+    source_len, target_len = spec["lengths"]
+    if quick and device == "cpu":
+        return CPU_QUICK_TOKENS, min(source_len, CPU_QUICK_TOKENS), min(target_len, 16), CPU_QUICK_SHRINK
+    return spec["max_tokens"], source_len, target_len, []
+
+
+def build_recipe_trainer(name, arm, dictionary, device, shrink):
+    """fairseq's Trainer for one arm of a recipe's model (fp16 on CUDA), its
+    weights drawn from the same seed in every arm."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.tasks.translation import TranslationTask
+    from fairseq.trainer import Trainer
+
+    spec = RECIPE_MODELS[name]
+    cuda = device.startswith("cuda")
+    argv = [
+        "unused-data-dir", "--user-dir", str(USER_DIR), "--task", "translation", "--source-lang", "src",
+        "--target-lang", "tgt", "--arch", spec["arch"], *spec["flags"], "--label-smoothing", "0.1",
+        *RECIPE_ARMS[arm](spec["alpha"]), "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "5e-4",
+        "--max-tokens", str(spec["max_tokens"]), "--seed", "1", "--distributed-world-size", "1",
+        *(["--fp16"] if cuda else ["--cpu"]), *shrink,
+    ]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    # the task needs its dictionaries only: the batches are made here
+    task = TranslationTask(cfg.task, dictionary, dictionary)
+    torch.manual_seed(1)
+    model = task.build_model(cfg.model)
+    return Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
+
+
+def random_batches(dictionary, count, max_tokens, source_len, target_len, device):
+    """``count`` translation batches of random tokens, as fairseq batches them:
+    as many sentences as fit ``max_tokens`` at the longer side's length."""
+    gen = torch.Generator().manual_seed(1)
+    size = max(1, max_tokens // max(source_len, target_len))
+    eos = dictionary.eos()
+    batches = []
+    for _ in range(count):
+        source = torch.randint(dictionary.nspecial, len(dictionary), (size, source_len), generator=gen)
+        target = torch.randint(dictionary.nspecial, len(dictionary), (size, target_len), generator=gen)
+        source[:, -1] = target[:, -1] = eos
+        sample = {
+            "id": torch.arange(size), "nsentences": size, "ntokens": size * target_len, "target": target,
+            "net_input": {"src_tokens": source, "src_lengths": torch.full((size,), source_len),
+                          "prev_output_tokens": torch.cat([torch.full((size, 1), eos), target[:, :-1]], 1)},
+        }
+        batches.append(sample if device == "cpu" else _to_device(sample, device))
+    return batches
+
+
+def _to_device(sample, device):
+    from fairseq import utils
+
+    return utils.apply_to_sample(lambda t: t.to(device), sample)
+
+
+def recipe_step(trainer, sample, doubles_batch):
+    """One update of fairseq's Trainer. Upstream's criterion rewrites
+    sample["net_input"] in place, so every step gets fresh top-level dicts."""
+    if doubles_batch:
+        sample = doubled(sample)
+    trainer.train_step([{**sample, "net_input": dict(sample["net_input"])}])
+
+
+def benchmark_recipe_model(name, args, batches, reps):
+    """Part 3 for one recipe's model: every arm's step times, tokens per second and memory."""
+    device = args.device
+    max_tokens, source_len, target_len, shrink = recipe_setup(name, device, args.quick)
+    dictionary = recipe_dictionary(RECIPE_MODELS[name]["vocab"])
+    samples = random_batches(dictionary, batches, max_tokens, source_len, target_len, device)
+    meter = Meter(device)
+    # Memory on CUDA only: on the CPU the arms share one process's RSS, which
+    # says nothing about any one of them.
+    trainers, held = {}, {}
+    for arm in RECIPE_ARMS:
+        # what the arm holds between steps: weights, master weights, gradients, Adam's state
+        before = meter.start_peak()
+        trainers[arm] = build_recipe_trainer(name, arm, dictionary, device, shrink)
+        recipe_step(trainers[arm], samples[0], arm == "two-passes")
+        held[arm] = meter.start_peak() - before
+        log(f"{name}: {arm} ready" + (f", {held[arm]:.0f} MiB held between steps" if meter.cuda else ""))
+    times = {arm: [] for arm in trainers}
+    extra = {arm: 0.0 for arm in trainers}
+    names = list(trainers)
+    for rep in range(reps + 1):  # the first round warms up and is dropped
+        for index, sample in enumerate(samples):
+            shift = (rep * len(samples) + index) % len(names)
+            for arm in names[shift:] + names[:shift]:
+                in_use = meter.start_peak()
+                seconds = meter.time(lambda: recipe_step(trainers[arm], sample, arm == "two-passes"))
+                extra[arm] = max(extra[arm], meter.peak() - in_use)
+                if rep:
+                    times[arm].append(seconds)
+        log(f"{name}: round {rep + 1}/{reps + 1} done")
+    tokens = [s["ntokens"] for s in samples] * reps
+    result = {
+        "arch": RECIPE_MODELS[name]["arch"], "vocab": len(dictionary), "max_tokens": max_tokens,
+        "sentences_per_batch": samples[0]["nsentences"], "source_len": source_len, "target_len": target_len,
+        "alpha": RECIPE_MODELS[name]["alpha"], "shrunk_by": shrink, "arms": {},
+    }
+    for arm in names:
+        memory = (None, None, None) if not meter.cuda else (
+            round(held[arm], 1), round(extra[arm], 1), round(held[arm] + extra[arm], 1))
+        result["arms"][arm] = {**arm_timing(times[arm], tokens, trainers[arm].model),
+                               **dict(zip(("held_between_steps_mib", "peak_extra_mib", "peak_mib"), memory))}
+    result["ratios"] = {f"{arm}/{reference} step": paired_ratio(times[arm], times[reference])
+                        for arm, reference in RECIPE_TIME_RATIOS}
+    if meter.cuda:
+        for arm, reference in RECIPE_MEMORY_RATIOS:
+            result["ratios"][f"{arm}/{reference} peak"] = (
+                result["arms"][arm]["peak_mib"] / result["arms"][reference]["peak_mib"])
+    return result
+
+
+def benchmark_recipes(args):
+    import gc
+
+    batches = args.batches or (2 if args.quick else 6)
+    reps = args.step_reps or (2 if args.quick else 3)
+    models = {}
+    for name in args.recipe_models:
+        models[name] = benchmark_recipe_model(name, args, batches, reps)
+        gc.collect()
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return {"precision": "fp16" if args.device.startswith("cuda") else "fp32", "batches": batches, "reps": reps,
+            "models": models}
 
 
 # ----------------------------------------------------------------- report
@@ -447,6 +647,25 @@ def print_report(results):
         )
         print()
         print_table(["ratio", "value"], [[k, f"{v:.3f}"] for k, v in step["ratios"].items()])
+    if "recipes" in results:
+        recipes = results["recipes"]
+        for name, model in recipes["models"].items():
+            shrunk = " (shrunk: " + " ".join(model["shrunk_by"]) + ")" if model["shrunk_by"] else ""
+            print(f"\nRecipes' models: {name}, {model['arch']}{shrunk}, {recipes['precision']}, vocabulary "
+                  f"{model['vocab']}, {model['sentences_per_batch']} x {model['source_len']}/{model['target_len']} "
+                  f"tokens per batch (--max-tokens {model['max_tokens']}), {recipes['batches']} batches x "
+                  f"{recipes['reps']} rounds")
+            def mib(value):
+                return "-" if value is None else f"{value:.0f}"
+
+            print_table(
+                ["arm", "median step s", "target tokens/s", "peak MiB (max_memory_allocated)",
+                 "held between steps MiB"],
+                [[arm, f"{a['median_step_s']:.3f}", f"{a['target_tokens_per_s']:.0f}", mib(a["peak_mib"]),
+                  mib(a["held_between_steps_mib"])] for arm, a in model["arms"].items()],
+            )
+            print()
+            print_table(["ratio", "value"], [[k, f"{v:.3f}"] for k, v in model["ratios"].items()])
 
 
 def log(message):
@@ -465,12 +684,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (intra-op) for every case")
-    parser.add_argument("--parts", nargs="+", choices=["kl", "step"], default=["kl", "step"])
+    parser.add_argument("--parts", nargs="+", choices=["kl", "step", "recipes"],
+                        help="default: kl step on the CPU, kl recipes on CUDA")
+    parser.add_argument("--recipe-models", nargs="+", choices=list(RECIPE_MODELS), default=list(RECIPE_MODELS),
+                        help="the recipes' models of --parts recipes (default: all)")
     parser.add_argument("--kl-reps", type=int, default=5, help="timed repetitions per KL case")
     parser.add_argument("--kl-sizes", nargs="+", type=kl_size,
                         help="only these KL cases, as TOKENSxVOCAB (e.g. 1024x250000); default: the full table")
-    parser.add_argument("--batches", type=int, default=6, help="Multi30k batches per round of the step benchmark")
-    parser.add_argument("--step-reps", type=int, default=3, help="timed rounds over the batches (after one warm-up)")
+    parser.add_argument("--batches", type=int,
+                        help="batches per round of the step benchmarks (default 6; recipes --quick 2)")
+    parser.add_argument("--step-reps", type=int,
+                        help="timed rounds over the batches, after one warm-up (default 3; recipes --quick 2)")
     parser.add_argument("--max-tokens", type=int, default=2048, help="tokens per batch in the step benchmark")
     parser.add_argument("--quick", action="store_true", help="small sizes: checks that everything runs")
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "benchmark")
@@ -478,6 +702,7 @@ def main(argv=None):
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.parts = args.parts or (["kl", "recipes"] if args.device.startswith("cuda") else ["kl", "step"])
 
     if args.child:
         spec = json.loads(args.child)
@@ -496,7 +721,10 @@ def main(argv=None):
         results["kl"] = benchmark_kl(args)
         results["kl_ratios"] = kl_ratios(results["kl"])
     if "step" in args.parts:
-        results["step"] = benchmark_step(args)
+        results["step"] = benchmark_step(argparse.Namespace(
+            **{**vars(args), "batches": args.batches or 6, "step_reps": args.step_reps or 3}))
+    if "recipes" in args.parts:
+        results["recipes"] = benchmark_recipes(args)
     out = args.out or args.workdir / f"benchmark-{args.device.split(':')[0]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -76,3 +76,49 @@ def test_the_update_freq_2_arm_takes_every_sentence_of_the_batch_once_in_two_hal
         assert torch.equal(torch.cat([first["net_input"][key], second["net_input"][key]]), sample["net_input"][key])
     assert torch.equal(torch.cat([first["target"], second["target"]]), sample["target"])
     assert torch.equal(torch.cat([first["id"], second["id"]]), sample["id"])
+
+
+def test_the_recipes_part_trains_each_recipes_architecture_in_every_arm_side_by_side(tmp_path):
+    # --quick on the CPU: the code path of --device cuda, with the models shrunk and 128-token batches
+    out = tmp_path / "recipes.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts/benchmark_rdrop.py"), "--quick", "--parts", "recipes",
+         "--workdir", str(tmp_path), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Recipes' models: cnn_dm, bart_large" in proc.stdout
+    recipes = json.loads(out.read_text())["recipes"]
+    assert (recipes["precision"], recipes["batches"], recipes["reps"]) == ("fp32", 2, 2)
+    assert {name: (m["arch"], m["vocab"]) for name, m in recipes["models"].items()} == {
+        "iwslt14": ("transformer_iwslt_de_en", 10152), "wmt14": ("transformer_vaswani_wmt_en_de_big", 32768),
+        "cnn_dm": ("bart_large", 50264)}
+    for model in recipes["models"].values():
+        assert set(model["arms"]) == {"baseline", "two-passes", "ours", "upstream", "ours-checkpointed"}
+        for arm in model["arms"].values():
+            assert len(arm["times"]) == 4 and arm["target_tokens_per_s"] > 0
+            assert arm["peak_mib"] is None  # measured on CUDA only
+        # one encoder and one decoder layer, each wrapped by fairseq's checkpoint wrapper
+        assert {name: arm["checkpointed_layers"] for name, arm in model["arms"].items()
+                if arm["checkpointed_layers"]} == {"ours-checkpointed": 2}
+        assert set(model["ratios"]) == {"ours/baseline step", "two-passes/baseline step", "ours/two-passes step",
+                                        "ours/upstream step", "ours-checkpointed/ours step",
+                                        "ours-checkpointed/baseline step"}
+
+
+def test_the_recipes_batches_fill_each_recipes_max_tokens_with_its_dictionarys_tokens():
+    from scripts import benchmark_rdrop
+
+    sizes = {}
+    for name, spec in benchmark_rdrop.RECIPE_MODELS.items():
+        max_tokens, source_len, target_len, shrink = benchmark_rdrop.recipe_setup(name, "cuda", quick=True)
+        assert (max_tokens, shrink) == (spec["max_tokens"], [])  # --quick on a GPU: the recipes' own sizes
+        dictionary = benchmark_rdrop.recipe_dictionary(spec["vocab"])
+        [batch] = benchmark_rdrop.random_batches(dictionary, 1, max_tokens, source_len, target_len, "cpu")
+        tokens = batch["net_input"]["src_tokens"]
+        assert len(dictionary) == spec["vocab"] and int(tokens.max()) < spec["vocab"]
+        assert int(tokens[:, :-1].min()) >= dictionary.nspecial and bool((tokens[:, -1] == dictionary.eos()).all())
+        assert torch.equal(batch["net_input"]["prev_output_tokens"][:, 1:], batch["target"][:, :-1])
+        sizes[name] = (tokens.numel(), batch["ntokens"])
+    # source x target tokens per batch: 128 sentences of 32 + 32; one 1,024-token article and its summary
+    assert sizes == {"iwslt14": (4096, 4096), "wmt14": (4096, 4096), "cnn_dm": (1024, 96)}
