@@ -24,8 +24,7 @@ if importlib.util.find_spec("fairseq") is not None:
     else:
         from rdrop_fairseq import criterions  # noqa: F401  (registers the criteria)
         from rdrop_fairseq import fairseq_fixes
-
-        fairseq_fixes.apply()
         from rdrop_fairseq.checkpoint_types import allow_fairseq_checkpoint_types
 
+        fairseq_fixes.apply()
         allow_fairseq_checkpoint_types()
