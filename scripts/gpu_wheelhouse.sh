@@ -29,27 +29,34 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 die() { echo "gpu_wheelhouse.sh: error: $*" >&2; exit 1; }
 say() { echo "[gpu-wheelhouse] $*"; }
 
-# The versions of this project's pinned stack (requirements.txt, .venv). fairseq
-# itself is installed without its declared dependencies: torchaudio (which
-# must match the machine's torch), cffi and the rest are not used by the check.
-# regex, packaging and absl-py are not here: sacrebleu, pytest and tensorboard,
-# which the GPU machine has, depend on them (and 60 MiB leave no room to spare).
-FAIRSEQ=fairseq-fixed==0.12.3.1
+# pinned NAME: NAME==VERSION as requirements.txt pins it, so that the
+# wheelhouse holds the project's pinned stack (.venv) and follows it.
+pinned() { grep -m1 -E "^$1==" "$root/requirements.txt"; }
+for name in fairseq-fixed hydra-core omegaconf sacremoses subword-nmt pysbd rouge-score; do
+  pinned "$name" >/dev/null || die "requirements.txt pins no $name"
+done
+
+# fairseq itself is installed without its declared dependencies: torchaudio
+# (which must match the machine's torch), cffi and the rest are not used by the
+# check. regex, packaging and absl-py are not here: sacrebleu, pytest and
+# tensorboard, which the GPU machine has, depend on them (and 60 MiB leave no
+# room to spare). What requirements.txt does not pin is pinned here.
+FAIRSEQ=$(pinned fairseq-fixed)
 WHEELS=(
   # fairseq at import time (its criteria import scipy and scikit-learn)
-  hydra-core==1.3.2 omegaconf==2.3.0 PyYAML==6.0.4 bitarray==3.12.3
+  "$(pinned hydra-core)" "$(pinned omegaconf)" PyYAML==6.0.4 bitarray==3.12.3
   scipy==1.17.1 scikit-learn==1.9.1 joblib==1.6.0 cloudpickle==3.1.3 threadpoolctl==3.8.0 narwhals==2.29.0
   # fairseq's build (--no-build-isolation), and this project's
   setuptools==84.2.1 wheel==0.48.0
   # the recipes' SMOKE runs: Moses detokenization and BPE, ROUGE with sentence splitting
-  sacremoses==0.2.0 click==8.5.1 subword-nmt==0.3.8 mock==5.2.0
-  pysbd==0.3.4 nltk==3.10.4 defusedxml==0.7.1 six==1.17.0
+  "$(pinned sacremoses)" click==8.5.1 "$(pinned subword-nmt)" mock==5.2.0
+  "$(pinned pysbd)" nltk==3.10.4 defusedxml==0.7.1 six==1.17.0
 )
 # Cython only compiles two of fairseq's modules: its pure-Python wheel is a
 # third of the size of a compiled one.
 PURE_WHEELS=(cython==3.3.1)
 # Published as source only: built here into pure-Python wheels.
-SOURCE_ONLY=(antlr4-python3-runtime==4.9.3 rouge-score==0.1.2)
+SOURCE_ONLY=(antlr4-python3-runtime==4.9.3 "$(pinned rouge-score)")
 
 make_wheelhouse() {
   local out="$1" py="${PYTHON:-$root/.venv/bin/python}" log mib
