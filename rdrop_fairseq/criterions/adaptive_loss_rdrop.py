@@ -38,15 +38,13 @@ evaluates a cluster only for the tokens whose target lies in it; the clusters'
 log-probabilities are kept for backward, so the R-Drop term needs about as much
 memory as one float32 tokens x vocabulary tensor. Validation and
 ``--rdrop-alpha 0`` are exactly fairseq's ``adaptive_loss``: one pass.
-With ``--rdrop-alpha-warmup-updates N``, alpha rises linearly from 0 over the
-first N updates of the trainer's count (``rdrop_common.trainer_num_updates``),
-or of the count given to ``set_num_updates`` in another training loop.
+``--rdrop-alpha-warmup-updates``: ``rdrop_common.rdrop_alpha_warmup_field``.
 
 Logged (base 2, per token): ``loss`` and ``nll_loss`` are the average of the two
 passes' CE, comparable with validation; ``kl_loss`` is the symmetric KL.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List
 
 import torch
@@ -54,7 +52,11 @@ import torch.nn.functional as F
 from fairseq.criterions import register_criterion
 from fairseq.criterions.adaptive_loss import AdaptiveLoss, AdaptiveLossConfig
 
-from rdrop_fairseq.criterions.rdrop_common import RDropCriterionMixin, rdrop_alpha_warmup_field
+from rdrop_fairseq.criterions.rdrop_common import (
+    RDropCriterionMixin,
+    rdrop_alpha_field,
+    rdrop_alpha_warmup_field,
+)
 from rdrop_fairseq.loss import adaptive_symmetric_kl
 
 
@@ -75,13 +77,10 @@ def adaptive_log_probs(adaptive_softmax, features: torch.Tensor):
 
 @dataclass
 class AdaptiveLossRDropConfig(AdaptiveLossConfig):
-    rdrop_alpha: float = field(
-        default=1.0,
-        metadata={
-            "help": "weight of the R-Drop term, the symmetric KL between the two dropout "
-            "passes' full next-token distributions (paper: 1.0 for LM); "
-            "0 trains plain adaptive_loss with one pass"
-        },
+    rdrop_alpha: float = rdrop_alpha_field(
+        1.0,
+        "the two dropout passes' full next-token distributions (paper: 1.0 for LM)",
+        "adaptive_loss",
     )
     rdrop_alpha_warmup_updates: int = rdrop_alpha_warmup_field()
 

@@ -14,9 +14,7 @@ generation and ``--rdrop-alpha 0`` are exactly fairseq's
 a training batch whose targets are all within the prefix counts as empty
 (zero loss, one warning; the model still runs, so that DDP stays in step),
 while validation adds 0 for it as fairseq does.
-With ``--rdrop-alpha-warmup-updates N``, alpha rises linearly from 0 over the
-first N updates of the trainer's count (``rdrop_common.trainer_num_updates``),
-or of the count given to ``set_num_updates`` in another training loop.
+``--rdrop-alpha-warmup-updates``: ``rdrop_common.rdrop_alpha_warmup_field``.
 
 Logged (base 2, per token): ``loss`` and ``nll_loss`` are the average of the
 two passes, so they compare with validation and with a baseline; ``kl_loss``
@@ -25,7 +23,7 @@ is the symmetric KL. The objective per token, in bits, is therefore
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from fairseq import utils
@@ -35,7 +33,11 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterionConfig,
 )
 
-from rdrop_fairseq.criterions.rdrop_common import RDropCriterionMixin, rdrop_alpha_warmup_field
+from rdrop_fairseq.criterions.rdrop_common import (
+    RDropCriterionMixin,
+    rdrop_alpha_field,
+    rdrop_alpha_warmup_field,
+)
 from rdrop_fairseq.loss import label_smoothed_nll_and_symmetric_kl
 
 logger = logging.getLogger(__name__)
@@ -81,13 +83,10 @@ def check_ignore_prefix_size(prefix: int, task) -> None:
 
 @dataclass
 class LabelSmoothedCrossEntropyRDropCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
-    rdrop_alpha: float = field(
-        default=5.0,
-        metadata={
-            "help": "weight of the R-Drop term, the symmetric KL between two dropout "
-            "passes (paper: 5 for IWSLT/WMT, 0.7 for CNN/DM, 1.0 for LM); "
-            "0 trains plain label-smoothed cross-entropy with one pass"
-        },
+    rdrop_alpha: float = rdrop_alpha_field(
+        5.0,
+        "two dropout passes (paper: 5 for IWSLT/WMT, 0.7 for CNN/DM, 1.0 for LM)",
+        "label-smoothed cross-entropy",
     )
     rdrop_alpha_warmup_updates: int = rdrop_alpha_warmup_field()
 

@@ -30,7 +30,22 @@ def check_rdrop_alpha_warmup_updates(updates: int) -> None:
         )
 
 
+def rdrop_alpha_field(default: float, compared: str, alpha_zero: str):
+    """The ``--rdrop-alpha`` option: ``compared`` says what the KL compares, and
+    ``alpha_zero`` what the criterion trains with alpha 0."""
+    return field(
+        default=default,
+        metadata={
+            "help": f"weight of the R-Drop term, the symmetric KL between {compared}; "
+            f"0 trains plain {alpha_zero} with one pass"
+        },
+    )
+
+
 def rdrop_alpha_warmup_field():
+    """``--rdrop-alpha-warmup-updates``: alpha rises linearly from 0 over the first
+    N updates of the trainer's count (:func:`trainer_num_updates`), or of the
+    count given to ``set_num_updates`` in another training loop."""
     return field(
         default=0,
         metadata={
@@ -54,22 +69,12 @@ def warmed_up_alpha(alpha: float, warmup_updates: int, num_updates: int) -> floa
 
 
 def trainer_num_updates() -> Optional[int]:
-    """The number of updates fairseq's Trainer has completed, None if it logged none.
+    """The updates fairseq's Trainer has completed (its ``update_num``), None
+    outside its training loop and before its first update.
 
-    Criteria are not given the update count, but ``Trainer.set_num_updates``
-    logs it as the ``num_updates`` metric (weight 0, so a meter's value is the
-    latest) after every update, and when it loads a checkpoint, whose optimizer
-    history holds the count. Every logged value reaches every active metrics
-    aggregator, so during the forward of update ``u + 1`` the active ones that
-    hold the metric hold ``u``: the ``update_num`` the Trainer passes to
-    ``task.train_step``, on every worker, for every micro-batch of
-    ``--update-freq``, with any task, and after a resume. (The active
-    aggregators, not ``get_meter("default", ...)``: loading a checkpoint
-    replaces the named aggregators with the saved ones, which stay frozen
-    while the original root keeps receiving.) None before the Trainer's first
-    update, outside its training loop, and in validation, which aggregates
-    apart; alpha plays no part there.
-    """
+    ``Trainer.set_num_updates`` logs the count to every active metrics
+    aggregator, also after loading a checkpoint; the named aggregators are not
+    read, because a loaded checkpoint replaces them with frozen copies."""
     for aggregator in metrics.get_active_aggregators():
         meter = aggregator.get("num_updates")
         if meter is not None and meter.val is not None:
