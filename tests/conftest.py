@@ -3,7 +3,7 @@
 import pytest
 import sentencepiece as spm
 
-from .cli import MULTI30K, head_lines, run_tool, write_lines
+from .helpers.fairseq_runs import MULTI30K, head_lines, run_tool, write_lines
 
 
 @pytest.fixture(scope="session")

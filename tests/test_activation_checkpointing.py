@@ -21,8 +21,8 @@ from fairseq.tasks.translation import TranslationTask
 
 import rdrop_fairseq  # noqa: F401  (lets fairseq's loader read fairseq's checkpoint types under weights_only)
 
-from .cli import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, USER_DIR, learned_state, run_tool, train_records
-from .tiny_fairseq import make_dictionary, make_lm_sample, make_sample
+from .helpers.fairseq_runs import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, USER_DIR, learned_state, run_tool, train_records
+from .helpers.tiny_fairseq import make_dictionary, make_lm_sample, make_sample
 
 TINY_ENCODER_DECODER = [
     "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",

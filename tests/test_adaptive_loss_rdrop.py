@@ -22,8 +22,8 @@ from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageMode
 from rdrop_fairseq.criterions.adaptive_loss_rdrop import AdaptiveLossRDrop, AdaptiveLossRDropConfig
 from rdrop_fairseq.loss import adaptive_symmetric_kl
 
-from .references import reference_symmetric_kl
-from .tiny_fairseq import assert_sample_left_untouched, right_padded_targets
+from .helpers.references import reference_symmetric_kl
+from .helpers.tiny_fairseq import assert_sample_left_untouched, right_padded_targets
 
 VOCAB_WORDS = 26  # 30 symbols with fairseq's 4 specials
 CUTOFF = [8, 16]  # shortlist 0-7, clusters 8-15 and 16-29

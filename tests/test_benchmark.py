@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from .cli import REPO
+from .helpers.fairseq_runs import REPO
 
 
 def test_benchmark_quick_run_prints_both_tables_and_writes_every_measurement(tmp_path):
@@ -62,7 +62,7 @@ def test_the_kl_table_has_an_mbart_sized_vocabulary_and_cases_can_be_chosen():
 def test_the_update_freq_2_arm_takes_every_sentence_of_the_batch_once_in_two_halves():
     from scripts import benchmark_rdrop
 
-    from .tiny_fairseq import make_sample, make_task
+    from .helpers.tiny_fairseq import make_sample, make_task
 
     task = make_task()
     sample = make_sample(task, batch_size=5, seed=3)

@@ -24,7 +24,7 @@ import rdrop_fairseq  # noqa: F401  (wraps fairseq's loaders)
 from rdrop_fairseq import checkpoint_types
 from rdrop_fairseq.checkpoint_types import allowed_while, broadcast_types, fairseq_checkpoint_types
 
-from .cli import COMMON_TRAIN, REPO, WIKITEXT2, head_lines, run_tool, write_lines
+from .helpers.fairseq_runs import COMMON_TRAIN, REPO, WIKITEXT2, head_lines, run_tool, write_lines
 
 needs_weights_only_default = pytest.mark.skipif(
     not checkpoint_types.WEIGHTS_ONLY_BY_DEFAULT,

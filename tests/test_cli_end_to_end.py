@@ -9,7 +9,7 @@ import sys
 import pytest
 from sacrebleu.metrics import BLEU
 
-from .cli import COMMON_TRAIN, RDROP, REPO, TINY_TRANSFORMER, USER_DIR, WIKITEXT2, head_lines, run_tool, tool, train_records, write_lines
+from .helpers.fairseq_runs import COMMON_TRAIN, RDROP, REPO, TINY_TRANSFORMER, USER_DIR, WIKITEXT2, head_lines, run_tool, tool, train_records, write_lines
 
 @pytest.fixture(scope="module")
 def translation_run(multi30k_bin):

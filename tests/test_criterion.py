@@ -18,8 +18,8 @@ from fairseq.trainer import Trainer
 
 from rdrop_fairseq.loss import label_smoothed_nll_and_symmetric_kl
 
-from .references import reference_rdrop_terms
-from .tiny_fairseq import (
+from .helpers.references import reference_rdrop_terms
+from .helpers.tiny_fairseq import (
     OutputCapture,
     assert_sample_left_untouched,
     make_criterion,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from .cli import REPO
+from .helpers.fairseq_runs import REPO
 
 
 @pytest.fixture(scope="module")

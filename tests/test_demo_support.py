@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .cli import REPO
+from .helpers.fairseq_runs import REPO
 
 from scripts.demo_support import (  # noqa: E402
     USER_DIR, DemoRun, TrainingProgress, command_tag, describe_gain, fairseq_train, paired_gain, run_arms,

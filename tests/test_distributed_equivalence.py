@@ -28,8 +28,8 @@ from collections import defaultdict
 
 import pytest
 
-from .cli import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, tool, train_records
-from .distributed import finish, launch, train_on_two_ranks
+from .helpers.fairseq_runs import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, tool, train_records
+from .helpers.distributed import finish, launch, train_on_two_ranks
 
 UPDATES = 10
 # fairseq logs 3 decimals: two values within float32 rounding may round apart by one unit.

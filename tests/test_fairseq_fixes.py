@@ -7,7 +7,7 @@ import torch
 import rdrop_fairseq  # noqa: F401  (applies the repairs)
 from rdrop_fairseq import fairseq_fixes
 
-from .tiny_fairseq import make_criterion, make_model, make_sample, make_task
+from .helpers.tiny_fairseq import make_criterion, make_model, make_sample, make_task
 
 
 def test_an_encoder_loaded_from_a_state_dict_evaluates_a_padded_batch_as_the_model_it_was_saved_from():

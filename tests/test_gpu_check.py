@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .cli import REPO
+from .helpers.fairseq_runs import REPO
 
 
 def gpu_check(tmp_path, *args, env=None):

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import rdrop_fairseq  # noqa: F401  (lets fairseq's loader read fairseq's checkpoint types under weights_only)
 
-from .cli import REPO, USER_DIR, run_tool, train_records
+from .helpers.fairseq_runs import REPO, USER_DIR, run_tool, train_records
 
 CONFIG_DIR = REPO / "examples" / "translation" / "config"
 _spec = importlib.util.spec_from_file_location("demo_multi30k", REPO / "examples" / "translation" / "demo_multi30k.py")

@@ -12,8 +12,8 @@ import pytest
 import torch
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion
 
-from .references import reference_fairseq_label_smoothed_ce, reference_symmetric_kl
-from .tiny_fairseq import make_criterion, make_lm, make_lm_sample, make_lm_task, run_capturing_outputs
+from .helpers.references import reference_fairseq_label_smoothed_ce, reference_symmetric_kl
+from .helpers.tiny_fairseq import make_criterion, make_lm, make_lm_sample, make_lm_task, run_capturing_outputs
 
 ALPHA = 1.0  # the paper's weight for language modelling
 

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from .cli import REPO, train_records
+from .helpers.fairseq_runs import REPO, train_records
 
 
 def test_language_model_demo_writes_table_results_and_plot(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .cli import REPO, WIKITEXT2, assert_script_fails_fast, assert_shell_script_parses_and_is_strict, head_lines
+from .helpers.fairseq_runs import REPO, WIKITEXT2, assert_script_fails_fast, assert_shell_script_parses_and_is_strict, head_lines
 
 EXAMPLES = REPO / "examples" / "language_model"
 SCRIPTS = ["prepare_wikitext103.sh", "train_wikitext103.sh", "evaluate_wikitext103.sh", "run_demo.sh"]

@@ -15,7 +15,7 @@ from rdrop_fairseq.loss import (
     symmetric_kl_of_halves,
 )
 
-from .references import reference_fairseq_label_smoothed_ce, reference_label_smoothed_ce, reference_symmetric_kl
+from .helpers.references import reference_fairseq_label_smoothed_ce, reference_label_smoothed_ce, reference_symmetric_kl
 
 
 def _logits(*shape, scale=3.0, seed=0, dtype=torch.float32):

@@ -20,10 +20,10 @@ from fairseq import checkpoint_utils, options
 
 import rdrop_fairseq  # noqa: F401  (fairseq's loaders accept fairseq's checkpoint types)
 
-from .cli import (
+from .helpers.fairseq_runs import (
     COMMON_TRAIN, NOT_LEARNED, RDROP, REPO, TINY_TRANSFORMER, USER_DIR, learned_state, run_tool, train_records,
 )
-from .distributed import train_on_two_ranks
+from .helpers.distributed import train_on_two_ranks
 
 K = 3
 

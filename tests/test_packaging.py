@@ -12,7 +12,7 @@ import venv
 import pytest
 import torch
 
-from .cli import REPO
+from .helpers.fairseq_runs import REPO
 
 
 # What each case takes away before anything is imported, as a leaner or older

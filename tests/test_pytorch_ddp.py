@@ -13,8 +13,8 @@ import sys
 
 import torch
 
-from .cli import REPO
-from .distributed import free_port
+from .helpers.fairseq_runs import REPO
+from .helpers.distributed import free_port
 
 PREFIX = 4
 
@@ -26,7 +26,7 @@ def ddp_step(tmp_path, target_lengths):
     outs = [tmp_path / f"rank{rank}.pt" for rank in (0, 1)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.ddp_worker", str(rank), str(port), str(PREFIX), str(length), str(out)],
+            [sys.executable, "-m", "tests.helpers.ddp_worker", str(rank), str(port), str(PREFIX), str(length), str(out)],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
         )

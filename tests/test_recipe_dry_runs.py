@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .cli import REPO
+from .helpers.fairseq_runs import REPO
 
 EXAMPLES = REPO / "examples"
 MT, LM, SUM = "translation", "language_model", "summarization"

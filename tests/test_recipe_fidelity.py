@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from .cli import REPO
+from .helpers.fairseq_runs import REPO
 
 READMES = {name: REPO / "examples" / name / "README.md" for name in ("translation", "language_model", "summarization")}
 HEADER = re.compile(r"^\| setting \| paper / official value \(source\) \| this recipe \| note \|$")

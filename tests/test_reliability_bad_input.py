@@ -14,9 +14,9 @@ import pytest
 import torch
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 
-from .cli import COMMON_TRAIN, TINY_TRANSFORMER, run_tool
-from .references import reference_rdrop_terms
-from .tiny_fairseq import make_criterion, make_lm_task, make_model, make_sample, make_task, run_capturing_outputs
+from .helpers.fairseq_runs import COMMON_TRAIN, TINY_TRANSFORMER, run_tool
+from .helpers.references import reference_rdrop_terms
+from .helpers.tiny_fairseq import make_criterion, make_lm_task, make_model, make_sample, make_task, run_capturing_outputs
 
 
 @pytest.fixture(scope="module")

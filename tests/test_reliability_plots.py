@@ -9,7 +9,7 @@ import pytest
 
 from scripts.fairseq_logs import runs_of_results
 
-from .cli import COMMON_TRAIN, REPO, TINY_TRANSFORMER, run_tool
+from .helpers.fairseq_runs import COMMON_TRAIN, REPO, TINY_TRANSFORMER, run_tool
 
 PLOTTER = REPO / "scripts" / "fairseq_logs.py"
 

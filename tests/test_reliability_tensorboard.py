@@ -9,7 +9,7 @@ import pytest
 # requirements.txt installs tensorboardX: without it this is an error, not a skip
 from tensorboardX.proto import event_pb2
 
-from .cli import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, run_tool
+from .helpers.fairseq_runs import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, run_tool
 
 
 def read_scalars(event_dir):

@@ -16,7 +16,7 @@ from fairseq import checkpoint_utils
 
 import rdrop_fairseq  # noqa: F401  (lets fairseq's loader read fairseq's checkpoint types under weights_only)
 
-from .cli import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, learned_state, run_tool, train_records
+from .helpers.fairseq_runs import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, learned_state, run_tool, train_records
 
 K = 4
 WARMUP = 6

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from .cli import REPO, write_lines
+from .helpers.fairseq_runs import REPO, write_lines
 
 sys.path.insert(0, str(REPO))
 from scripts import rouge  # noqa: E402

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from .cli import COMMON_TRAIN, RDROP, TINY_DIMS, TINY_TRANSFORMER, USER_DIR, run_tool, train_records, write_lines
+from .helpers.fairseq_runs import COMMON_TRAIN, RDROP, TINY_DIMS, TINY_TRANSFORMER, USER_DIR, run_tool, train_records, write_lines
 
 # Six updates, a train_inner record every two; validation in one batch of every
 # sentence (fairseq's default multiple of 8 sentences per batch drops the rest).

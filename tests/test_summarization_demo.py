@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from .cli import REPO
+from .helpers.fairseq_runs import REPO
 
 
 def test_scitldr_demo_writes_rouge_table_results_and_plot(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .cli import REPO, assert_script_fails_fast, assert_shell_script_parses_and_is_strict
+from .helpers.fairseq_runs import REPO, assert_script_fails_fast, assert_shell_script_parses_and_is_strict
 
 EXAMPLES = REPO / "examples" / "summarization"
 SCRIPTS = [EXAMPLES / f"{name}.sh" for name in ("prepare_cnn_dm", "train_cnn_dm", "evaluate_cnn_dm", "run_demo")]

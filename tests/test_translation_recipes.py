@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .cli import assert_script_fails_fast, assert_shell_script_parses_and_is_strict
+from .helpers.fairseq_runs import assert_script_fails_fast, assert_shell_script_parses_and_is_strict
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "translation"

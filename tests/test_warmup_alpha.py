@@ -20,7 +20,7 @@ from rdrop_fairseq.criterions.rdrop_common import trainer_num_updates, warmed_up
 from .test_adaptive_loss_rdrop import VOCAB_WORDS as ADAPTIVE_VOCAB_WORDS
 from .test_adaptive_loss_rdrop import make_lm
 from .test_adaptive_loss_rdrop import make_sample as make_lm_sample
-from .tiny_fairseq import make_criterion, make_model, make_sample, make_task
+from .helpers.tiny_fairseq import make_criterion, make_model, make_sample, make_task
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ label_smoothed_cross_entropy_rdrop through torch's DistributedDataParallel, set
 up as fairseq's ``--ddp-backend pytorch_ddp`` does (fairseq's own wrapper
 passes ``device_ids=[device_id]``, which CPU tensors refuse).
 
-    python -m tests.ddp_worker RANK PORT PREFIX TARGET_LENGTH OUT
+    python -m tests.helpers.ddp_worker RANK PORT PREFIX TARGET_LENGTH OUT
 
 Writes to OUT the rank's gradient after the step, flattened, and the gradient
 that rank's batch gives without DDP (same model, same dropout seed).

@@ -5,7 +5,7 @@ import os
 import socket
 import subprocess
 
-from .cli import REPO, tool
+from .fairseq_runs import REPO, tool
 
 
 def free_port():

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 USER_DIR = str(REPO / "rdrop_fairseq")
 MULTI30K = REPO / "data" / "translation" / "multi30k"
 WIKITEXT2 = REPO / "data" / "language_modeling" / "wikitext-2"

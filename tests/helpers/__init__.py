@@ -1,0 +1,1 @@
+"""What the tests share: fairseq command runs, tiny models, float64 references, two-rank launches."""
