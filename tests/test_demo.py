@@ -1,13 +1,19 @@
 """The README's main job, end to end in the tiny budget, and the setup it trains."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
+from rdrop_experiments.demo import train_args
+from rdrop_experiments.training import TrainingRun
+
+from .helpers.demo_commands import logged_commands
+from .helpers.demos import load_demo
 from .helpers.fairseq_runs import REPO
+
+RECORDED = json.loads((REPO / "tests" / "data" / "demo_commands.json").read_text())["tiny_runs_logged"]
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +69,20 @@ def test_translation_demo_shows_progress_bars_and_keeps_fairseq_output_in_run_lo
     assert "| INFO |" not in out and "fairseq_cli" not in out
 
 
+def test_translation_demo_runs_the_fairseq_commands_it_ran_before_its_plumbing_moved(tiny_demo):
+    """Every fairseq-preprocess, -train and -generate command of the tiny run,
+    against those the former code ran (tests/data/demo_commands.json)."""
+    assert logged_commands(tiny_demo[1]) == RECORDED["multi30k"]
+
+
 def test_translation_demo_trains_the_measured_setup(tmp_path):
     """fairseq's reading of the default run's command: the setup of the README's
     measured runs (examples/translation/README.md), value by value."""
     from fairseq import options
 
-    from scripts.demo_support import DemoRun
-
-    spec = importlib.util.spec_from_file_location("demo_multi30k", REPO / "examples/translation/demo_multi30k.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    budget = demo.BUDGETS["default"]
-    run = DemoRun("rdrop", 5.0, 1, budget, 1, tmp_path, lambda run: demo.train_args(tmp_path, run, demo.SETUP))
+    demo = load_demo("multi30k")
+    budget = demo.budgets["default"]
+    run = TrainingRun("rdrop", 5.0, 1, budget, 1, tmp_path, lambda run: train_args(demo, tmp_path, run, demo.setup))
     parsed = options.parse_args_and_arch(options.get_training_parser(), [str(a) for a in run.train_args])
     measured = {
         "arch": "transformer", "share_all_embeddings": True, "encoder_layers": 2, "decoder_layers": 2,

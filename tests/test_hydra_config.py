@@ -1,7 +1,6 @@
 """The criterion from a hydra yaml config: fairseq-hydra-train with
 examples/translation/config/rdrop_multi30k.yaml on a Multi30k slice."""
 
-import importlib.util
 from types import SimpleNamespace
 
 import pytest
@@ -11,12 +10,13 @@ from omegaconf import OmegaConf
 
 import rdrop_fairseq  # noqa: F401  (lets fairseq's loader read fairseq's checkpoint types under weights_only)
 
+from rdrop_experiments.demo import train_args
+
+from .helpers.demos import load_demo
 from .helpers.fairseq_runs import REPO, USER_DIR, run_tool, train_records
 
 CONFIG_DIR = REPO / "examples" / "translation" / "config"
-_spec = importlib.util.spec_from_file_location("demo_multi30k", REPO / "examples" / "translation" / "demo_multi30k.py")
-demo_multi30k = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo_multi30k)
+MULTI30K = load_demo("multi30k")
 
 
 # omegaconf < 2.1 (fairseq 0.12.2 pins 2.0) answers None for a key a config
@@ -63,8 +63,8 @@ def test_every_value_of_the_config_is_the_one_the_demo_trains_with():
     """Each setting of the yaml against the demo's own fairseq-train command line
     (its ``full`` budget, R-Drop arm), parsed by fairseq's parser into fairseq's
     config; only the paths differ."""
-    run = SimpleNamespace(budget=demo_multi30k.BUDGETS["full"], seed=1, alpha=5.0)
-    argv = [str(word) for word in demo_multi30k.train_args("data-bin", run, demo_multi30k.SETUP)]
+    run = SimpleNamespace(budget=MULTI30K.budgets["full"], seed=1, alpha=5.0)
+    argv = [str(word) for word in train_args(MULTI30K, "data-bin", run, MULTI30K.setup)]
     demo = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
     paths = {("task", "data"), ("checkpoint", "save_dir")}
     config = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "rdrop_multi30k.yaml"))
@@ -93,5 +93,5 @@ def test_the_checkpoint_records_the_yaml_setup_and_loads_with_fairseqs_loader(hy
     criterion = state["cfg"]["criterion"]
     assert criterion["_name"] == "label_smoothed_cross_entropy_rdrop" and criterion["rdrop_alpha"] == 5.0
     model = state["model"]
-    assert model["encoder.embed_tokens.weight"].shape[1] == demo_multi30k.SETUP["embed_dim"]
+    assert model["encoder.embed_tokens.weight"].shape[1] == MULTI30K.setup["embed_dim"]
     assert sum(name.endswith("fc1.weight") for name in model) == 4  # 2 encoder + 2 decoder layers

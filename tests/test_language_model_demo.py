@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+from .helpers.demo_commands import logged_commands
 from .helpers.fairseq_runs import REPO, train_records
+
+RECORDED = json.loads((REPO / "tests" / "data" / "demo_commands.json").read_text())["tiny_runs_logged"]
 
 
 def test_language_model_demo_writes_table_results_and_plot(tmp_path):
@@ -14,9 +17,9 @@ def test_language_model_demo_writes_table_results_and_plot(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
-    table = proc.stdout[proc.stdout.index("run      | alpha | seed"):]
-    assert "baseline | 0     | 1" in table and "rdrop    | 1     | 1" in table
-    assert "R-Drop - baseline, test perplexity, paired by seed: " in table
+    table = proc.stdout[proc.stdout.index("run      | alpha | updates | seed | valid ppl | test ppl"):]
+    assert "baseline | 0     | 20      | 1" in table and "rdrop    | 1     | 20      | 1" in table
+    assert "rdrop - baseline, perplexity, paired by seed:\n  test perplexity: " in table
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["budget"] == "tiny" and set(results["runs"]) == {"baseline", "rdrop"}
@@ -29,5 +32,7 @@ def test_language_model_demo_writes_table_results_and_plot(tmp_path):
         assert seed["best_update"] in (10, 20) and isinstance(seed["best_valid_loss"], float)
     (rdrop_dir,) = tmp_path.glob("rdrop-*")
     assert train_records(rdrop_dir / "train.log", "train")[-1]["train_kl_loss"] > 0
+    # The fairseq commands the former code ran (tests/data/demo_commands.json).
+    assert logged_commands(tmp_path) == RECORDED["wikitext2"]
     png = (tmp_path / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

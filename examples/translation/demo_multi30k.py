@@ -19,19 +19,14 @@ run at once and lists what was kept.
 """
 
 import gzip
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from sacrebleu.metrics import BLEU
 
-from scripts.demo_support import (  # noqa: E402
-    USER_DIR, binarize_pairs, describe_gain, fairseq_train, generate, log, paired_gain, print_table as print_rows,
-    run_arms, run_demo, seed_rows, sentencepiece_encode, start_demo, transformer_args, write_results,
-)
-from scripts.fairseq_logs import curves  # noqa: E402
+from rdrop_experiments.data_prep import binarize_pairs, sentencepiece_encode
+from rdrop_experiments.demo import Demo, main
+from rdrop_experiments.fairseq_logs import curves
+from rdrop_experiments.fairseq_tools import REPO, generate, transformer_args
 
-DATA = REPO / "data" / "translation" / "multi30k"
 SRC, TGT = "en", "de"
 # fairseq split name -> Multi30k file stem
 SPLITS = {
@@ -43,152 +38,104 @@ SPLITS = {
 }
 TEST_SPLITS = ("test", "test1", "test2")
 
-# The demo's setup, chosen on the validation set (examples/translation/README.md):
-# a small model on 2,000 pairs with light dropout, so that the baseline
-# overfits within a 2-core CPU's budget (R-Drop is a regularizer: it pays off
-# where the baseline overfits).
-SETUP = {
-    "train_subset": 2000,  # first N training pairs
-    "vocab_size": 4000,  # joint sentencepiece vocabulary
-    "encoder_layers": 2,
-    "decoder_layers": 2,
-    "embed_dim": 128,
-    "ffn_dim": 512,
-    "heads": 4,
-    "dropout": 0.1,
-    "lr": 2e-3,
-    "warmup": 200,
-    "max_tokens": 2048,
-}
-# Budgets share the setup. "full" trains three seeds and adds the baseline
-# given twice the updates, about R-Drop's compute; "tiny" exists for the tests.
-BUDGETS = {
-    "tiny": dict(max_update=30, interval=15, eval_subset=100, beam=2, compute_matched=True,
-                 setup=dict(train_subset=2000, vocab_size=1000, encoder_layers=1, decoder_layers=1,
-                            embed_dim=32, ffn_dim=64, heads=2, dropout=0.3, lr=1e-3, warmup=10)),
-    "default": dict(max_update=1000, interval=100),
-    "full": dict(max_update=1000, interval=100, seeds=(1, 2, 3), compute_matched=True),
-}
 
+class Multi30k(Demo):
+    name, title, launcher = "multi30k", "Multi30k en-de", "examples/translation/run_demo.sh"
+    data = REPO / "data" / "translation" / "multi30k"
+    alpha, default_minutes = 5.0, 14
+    # Chosen on the validation set (examples/translation/README.md): a small model
+    # on 2,000 pairs with light dropout, so that the baseline overfits within a
+    # 2-core CPU's budget (R-Drop is a regularizer: it pays off where the baseline overfits).
+    setup = {
+        "train_subset": 2000,  # first N training pairs
+        "vocab_size": 4000,  # joint sentencepiece vocabulary
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "embed_dim": 128,
+        "ffn_dim": 512,
+        "heads": 4,
+        "dropout": 0.1,
+        "lr": 2e-3,
+        "warmup": 200,
+        "max_tokens": 2048,
+    }
+    # "full" trains three seeds and adds the baseline given twice the updates,
+    # about R-Drop's compute; "tiny" exists for the tests.
+    budgets = {
+        "tiny": dict(max_update=30, interval=15, eval_subset=100, beam=2, compute_matched=True,
+                     setup=dict(train_subset=2000, vocab_size=1000, encoder_layers=1, decoder_layers=1,
+                                embed_dim=32, ffn_dim=64, heads=2, dropout=0.3, lr=1e-3, warmup=10)),
+        "default": dict(max_update=1000, interval=100),
+        "full": dict(max_update=1000, interval=100, seeds=(1, 2, 3), compute_matched=True),
+    }
+    compared = "sacreBLEU"
+    gain_scores = {SPLITS[t]: (lambda s, t=SPLITS[t]: s["test"][t]["bleu"]) for t in TEST_SPLITS}
 
-def read_lines(stem, lang, limit=None):
-    with gzip.open(DATA / f"{stem}.{lang}.gz", "rt", encoding="utf-8") as f:
-        lines = [line.rstrip("\n") for line in f]
-    return lines[:limit] if limit else lines
+    def read_lines(self, stem, lang, limit=None):
+        with gzip.open(self.data / f"{stem}.{lang}.gz", "rt", encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for line in f]
+        return lines[:limit] if limit else lines
 
+    def data_parameters(self, setup, budget):
+        return {"train_subset": setup["train_subset"], "vocab_size": setup["vocab_size"],
+                "eval_subset": budget.get("eval_subset")}
 
-def prepare_data(work, vocab_size, train_subset, eval_subset):
-    """Sentencepiece (joint en+de) and fairseq binarization with a joined dictionary."""
-    bin_dir = work / "data-bin"
-    if (bin_dir / "dict.de.txt").exists():
-        log(f"reusing {bin_dir}")
-        return bin_dir
-    raw, sp_dir = work / "raw", work / "spm"
-    raw.mkdir(parents=True, exist_ok=True)
-    for split, stem in SPLITS.items():
-        limit = train_subset if split == "train" else (eval_subset if split != "valid" else None)
-        for lang in (SRC, TGT):
-            (raw / f"{split}.{lang}").write_text("\n".join(read_lines(stem, lang, limit)) + "\n", encoding="utf-8")
-    sentencepiece_encode(raw, sp_dir, SPLITS, (SRC, TGT), vocab_size)
-    binarize_pairs(
-        {"train": sp_dir / "train", "valid": sp_dir / "valid", "test": [sp_dir / s for s in TEST_SPLITS]},
-        SRC, TGT, bin_dir,
-    )
-    return bin_dir
-
-
-def train_args(bin_dir, run, model):
-    budget = run.budget
-    return [
-        bin_dir, "--user-dir", USER_DIR, "--task", "translation",
-        "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", run.seed,
-        *transformer_args(model),
-        "--criterion", "label_smoothed_cross_entropy_rdrop", "--rdrop-alpha", run.alpha,
-        "--max-update", budget["max_update"],
-        "--validate-interval", 100000, "--validate-interval-updates", budget["interval"],
-        "--save-interval", 100000, "--save-interval-updates", budget["interval"],
-        "--keep-interval-updates", 1, "--no-epoch-checkpoints",
-        "--eval-bleu", "--eval-bleu-args", '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}',
-        "--eval-bleu-remove-bpe", "sentencepiece", "--eval-bleu-detok", "space",
-        "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
-        "--log-format", "json", "--log-interval", 25, "--num-workers", 0,
-    ]
-
-
-def evaluate(bin_dir, run, work, beam):
-    """sacreBLEU of beam search from checkpoint_best.pt on each test split."""
-    from sacrebleu.metrics import BLEU
-
-    scores = {}
-    for split in TEST_SPLITS:
-        refs = (work / "raw" / f"{split}.{TGT}").read_text(encoding="utf-8").splitlines()
-        hyps = generate(
-            bin_dir, run, split,
-            ["--beam", beam, "--batch-size", 128, "--remove-bpe", "sentencepiece", "--max-len-a", 1.2, "--max-len-b", 10],
-            sentences=len(refs),
+    def prepare_data(self, folder, setup, budget):
+        """Sentencepiece (joint en+de) and fairseq binarization with a joined dictionary."""
+        raw, sp_dir = folder / "raw", folder / "spm"
+        raw.mkdir(parents=True, exist_ok=True)
+        for split, stem in SPLITS.items():
+            limit = setup["train_subset"] if split == "train" else (budget.get("eval_subset") if split != "valid" else None)
+            for lang in (SRC, TGT):
+                (raw / f"{split}.{lang}").write_text("\n".join(self.read_lines(stem, lang, limit)) + "\n",
+                                                     encoding="utf-8")
+        sentencepiece_encode(raw, sp_dir, SPLITS, (SRC, TGT), setup["vocab_size"])
+        bin_dir = folder / "data-bin"
+        binarize_pairs(
+            {"train": sp_dir / "train", "valid": sp_dir / "valid", "test": [sp_dir / s for s in TEST_SPLITS]},
+            SRC, TGT, bin_dir,
         )
-        metric = BLEU()
-        bleu = metric.corpus_score([hyps[i] for i in range(len(refs))], [refs])
-        scores[SPLITS[split]] = {
-            "bleu": round(bleu.score, 2),
-            "signature": str(metric.get_signature()),
-            "sentences": len(refs),
+        return bin_dir
+
+    def train_flags(self, setup, budget):
+        return [
+            "--task", "translation", "--source-lang", SRC, "--target-lang", TGT, *transformer_args(setup),
+            "--eval-bleu", "--eval-bleu-args", '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}',
+            "--eval-bleu-remove-bpe", "sentencepiece", "--eval-bleu-detok", "space",
+            "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
+        ]
+
+    def score(self, bin_dir, run, setup, budget, log_file):
+        """Best validation BLEU and loss, and sacreBLEU of beam search from
+        checkpoint_best.pt on each test split."""
+        valid = curves(log_file)["valid"]
+        scores = {
+            "best_valid_bleu": max((b for b in valid["bleu"] if isinstance(b, float)), default=None),
+            "best_valid_loss": min((l for l in valid["loss"] if isinstance(l, float)), default=None),
+            "test": {},
         }
-    return scores
+        for split in TEST_SPLITS:
+            refs = (bin_dir.parent / "raw" / f"{split}.{TGT}").read_text(encoding="utf-8").splitlines()
+            hyps = generate(
+                bin_dir, run, split,
+                ["--beam", budget.get("beam", 5), "--batch-size", 128, "--remove-bpe", "sentencepiece",
+                 "--max-len-a", 1.2, "--max-len-b", 10],
+                sentences=len(refs),
+            )
+            metric = BLEU()
+            bleu = metric.corpus_score([hyps[i] for i in range(len(refs))], [refs])
+            scores["test"][SPLITS[split]] = {
+                "bleu": round(bleu.score, 2), "signature": str(metric.get_signature()), "sentences": len(refs),
+            }
+        return scores
 
-
-def best_valid(log_file):
-    valid = curves(log_file)["valid"]
-    return {
-        "best_valid_bleu": max((b for b in valid["bleu"] if isinstance(b, float)), default=None),
-        "best_valid_loss": min((l for l in valid["loss"] if isinstance(l, float)), default=None),
-    }
-
-
-def print_table(results):
-    """One row per run and seed, then the mean and standard deviation over seeds."""
-    arms = results["runs"]
-    tests = list(SPLITS[t] for t in TEST_SPLITS)
-    header = ["run", "alpha", "updates", "seed"] + [f"{t} BLEU" for t in tests] + ["best valid BLEU", "train min"]
-    rows = [
-        [name, f"{arm['alpha']:g}", str(arm["max_update"]), label]
-        + [f"{figure(lambda s: s['test'][t]['bleu']):.2f}" for t in tests]
-        + [f"{figure(lambda s: s['best_valid_bleu']):.2f}", f"{figure(lambda s: s['train_seconds']) / 60:.1f}"]
-        for name, arm in arms.items()
-        for label, figure in seed_rows(arm)
-    ]
-    print_rows(header, rows)
-    for comparison, gains in results["gains"].items():
-        print(f"{comparison}, sacreBLEU, paired by seed:")
-        for test, gain in gains.items():
-            print(f"  {test}: {describe_gain(gain)}")
-
-
-def main(argv=None):
-    args, budget, model = start_demo(__doc__, SETUP, BUDGETS, alpha=5.0, workdir=REPO / "runs" / "multi30k-demo",
-                                     launcher="examples/translation/run_demo.sh", default_minutes=14, argv=argv)
-    work = args.workdir
-    data_key = f"data-{model['train_subset']}-{model['vocab_size']}-{budget.get('eval_subset', 'all')}"
-    bin_dir = prepare_data(work / data_key, model["vocab_size"], model["train_subset"], budget.get("eval_subset"))
-
-    def train_and_score(run):
-        log_file, seconds = fairseq_train(run)
-        return {"train_seconds": round(seconds, 1), "log": str(log_file), **best_valid(log_file),
-                "test": evaluate(bin_dir, run, bin_dir.parent, budget.get("beam", 5))}
-
-    results = run_arms(args, budget, model, lambda run: train_args(bin_dir, run, model), train_and_score)
-    results["gains"] = {
-        f"rdrop - {baseline}": {
-            SPLITS[t]: paired_gain(results, lambda s, t=SPLITS[t]: s["test"][t]["bleu"], baseline=baseline)
-            for t in TEST_SPLITS
-        }
-        for baseline in results["runs"] if baseline.startswith("baseline")
-    }
-    write_results(results, work, title=f"Multi30k en-de, {budget['max_update']} updates")
-    print()
-    print_table(results)
-    log(f"wrote {work / 'results.json'} and {work / 'curves.png'}")
+    def columns(self):
+        return [
+            *((f"{SPLITS[t]} BLEU", lambda arm, figure, t=SPLITS[t]: f"{figure(lambda s: s['test'][t]['bleu']):.2f}")
+              for t in TEST_SPLITS),
+            ("best valid BLEU", lambda arm, figure: f"{figure(lambda s: s['best_valid_bleu']):.2f}"),
+        ]
 
 
 if __name__ == "__main__":
-    run_demo(main)
+    main(Multi30k())

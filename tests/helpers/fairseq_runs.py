@@ -3,7 +3,6 @@
 import gzip
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,11 +10,10 @@ REPO = Path(__file__).resolve().parents[2]
 USER_DIR = str(REPO / "rdrop_fairseq")
 MULTI30K = REPO / "data" / "translation" / "multi30k"
 WIKITEXT2 = REPO / "data" / "language_modeling" / "wikitext-2"
-sys.path.insert(0, str(REPO))
 
-from rdrop_fairseq.fairseq_fixes import FAST_PATH_COPIES  # noqa: E402
-from scripts.demo_support import tool  # noqa: E402
-from scripts.fairseq_logs import read_records  # noqa: E402
+from rdrop_experiments.fairseq_logs import read_records
+from rdrop_experiments.fairseq_tools import fairseq_script as tool
+from rdrop_fairseq.fairseq_fixes import FAST_PATH_COPIES
 
 
 def run_tool(name, *args, timeout=600, check=True, cwd=None):

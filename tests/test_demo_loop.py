@@ -1,8 +1,9 @@
-"""What the three demos share: seed statistics, the progress display, failing
-commands, stopping on Ctrl-C or a failure, and reusing a run only for the same command."""
+"""The loop the demos share (rdrop_experiments): seed statistics, the progress
+display, failing commands, stopping on Ctrl-C or a failure, reusing a run or a
+data folder only for the same command and inputs."""
 
 import argparse
-import importlib.util
+import json
 import math
 import os
 import shutil
@@ -14,12 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from .helpers.fairseq_runs import REPO
+from rdrop_experiments import data_prep
+from rdrop_experiments.demo import Demo, prepared_data, train_args
+from rdrop_experiments.errors import CommandFailed
+from rdrop_experiments.fairseq_tools import USER_DIR, run_once
+from rdrop_experiments.processes import run_command
+from rdrop_experiments.progress import TrainingProgress
+from rdrop_experiments.run_tags import command_tag
+from rdrop_experiments.scheduler import run_arms
+from rdrop_experiments.statistics import describe_gain, paired_gain, seed_rows, seed_sd
+from rdrop_experiments.training import NoValidationBleu, TrainingRun, train_once
 
-from scripts.demo_support import (  # noqa: E402
-    USER_DIR, DemoRun, TrainingProgress, command_tag, describe_gain, fairseq_train, paired_gain, run_arms,
-    run_command, run_once, seed_rows, seed_sd,
-)
+from .helpers.demos import load_demo_module
 
 
 def results_of(arms):
@@ -102,9 +109,10 @@ def test_training_progress_shows_updates_losses_kl_and_validation(capsys):
 def test_failing_command_stops_with_the_log_tail_and_path(tmp_path):
     log_file = tmp_path / "step.log"
     script = "import sys\nfor i in range(50): print('line', i)\nsys.exit(3)"
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(CommandFailed) as stopped:
         run_command([sys.executable, "-c", script], log_file)
     message = str(stopped.value)
+    assert stopped.value.returncode == 3 and stopped.value.log_path == log_file
     assert "exit status 3" in message and "line 49" in message and "line 10\n" not in message
     assert message.endswith(f"full log: {log_file}")
     assert "line 0\n" in log_file.read_text()
@@ -117,17 +125,17 @@ def test_a_run_without_any_validation_bleu_stops_with_the_reason_and_the_fix(tmp
     fake = fake_bin / "fairseq-train"
     fake.write_text("#!/bin/sh\necho 'Traceback (most recent call last):'\necho \"KeyError: 'bleu'\"\nexit 1\n")
     fake.chmod(0o755)
-    run = DemoRun("rdrop", 5.0, 1, {"max_update": 30}, 1, tmp_path, lambda run: ["--max-update", 30])
+    run = TrainingRun("rdrop", 5.0, 1, {"max_update": 30}, 1, tmp_path, lambda run: ["--max-update", 30])
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("scripts.demo_support.tool", lambda name: str(fake_bin / name))
-        with pytest.raises(SystemExit) as stopped:
-            fairseq_train(run)
+        patch.setattr("rdrop_experiments.training.fairseq_script", lambda name: str(fake_bin / name))
+        with pytest.raises(NoValidationBleu) as stopped:
+            train_once(run)
     message = str(stopped.value)
     assert "KeyError: 'bleu'" in message and f"full log: {run.save_dir / 'train.log'}" in message
     assert "every validation translation was empty" in message and "train longer (--max-update)" in message
 
 
-# A demo as the three are built (run_demo, run_arms, run_command), whose runs are
+# A demo as the demos are built (as_program, run_arms, run_command), whose runs are
 # stand-in commands: each writes a marker file naming its pid and, when it
 # sleeps, the pid of a process it started, so that a test sees which runs
 # started and whether any process outlived the demo.
@@ -153,11 +161,12 @@ elif behaviour.startswith("fail-after:"):
 STAND_IN_DEMO = r"""
 import argparse, sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-from scripts import demo_support
-from scripts.demo_support import run_arms, run_command, run_demo
+from rdrop_experiments import data_prep
+from rdrop_experiments.demo import as_program
+from rdrop_experiments.processes import run_command
+from rdrop_experiments.scheduler import run_arms
 
-work, behaviours = Path(sys.argv[2]), dict(item.split("=", 1) for item in sys.argv[3:])
+work, behaviours = Path(sys.argv[1]), dict(item.split("=", 1) for item in sys.argv[2:])
 
 
 def train_and_score(run):
@@ -170,16 +179,16 @@ def train_and_score(run):
 def main():
     if "prepare" in behaviours:  # data preparation, stopped while binarizing
         fake_bin = work / "bin"
-        demo_support.tool = lambda name: str(fake_bin / name)
+        data_prep.fairseq_script = lambda name: str(fake_bin / name)
         prefixes = {split: work / split for split in ("train", "valid", "test")}
-        demo_support.binarize_pairs(prefixes, "en", "de", work / "data-bin")
+        data_prep.binarize_pairs(prefixes, "en", "de", work / "data-bin")
         return
     args = argparse.Namespace(budget="stand-in", threads=1, jobs=2, seeds=[1, 2], alpha=5.0, workdir=work / "runs")
     budget = {"max_update": 10, "interval": 5, "compute_matched": True}
     run_arms(args, budget, {}, lambda run: ["--seed", run.seed, "--rdrop-alpha", run.alpha], train_and_score)
 
 
-run_demo(main)
+as_program(main)
 """
 
 # Longest first (R-Drop's and baseline_2x's cost alike), two at a time.
@@ -212,7 +221,7 @@ def start_stand_in_demo(work, *behaviours):
     (work / "markers").mkdir(parents=True)
     (work / "run.py").write_text(STAND_IN_RUN)
     (work / "demo.py").write_text(STAND_IN_DEMO)
-    return subprocess.Popen([sys.executable, str(work / "demo.py"), str(REPO), str(work), *behaviours],
+    return subprocess.Popen([sys.executable, str(work / "demo.py"), str(work), *behaviours],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -318,52 +327,106 @@ def test_run_once_reuses_the_output_of_the_same_command_only(tmp_path):
 
 def test_run_once_keeps_nothing_of_a_failed_command(tmp_path):
     out = tmp_path / "generate.txt"
-    with pytest.raises(SystemExit):
+    with pytest.raises(CommandFailed):
         run_once([sys.executable, "-c", "print('half'); raise SystemExit(2)"], out)
     assert not out.exists()
 
 
-def load_translation_demo():
-    spec = importlib.util.spec_from_file_location("demo_multi30k", REPO / "examples" / "translation" / "demo_multi30k.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    return demo
-
-
 def test_a_changed_flag_in_a_demos_command_trains_a_new_run(tmp_path, monkeypatch):
-    demo = load_translation_demo()
+    module = load_demo_module("multi30k")
+    demo = module.Multi30k()
     bin_dir = tmp_path / "data-bin"
     bin_dir.mkdir()
     (bin_dir / "dict.de.txt").write_text("hallo 1\n")
-    # A stand-in fairseq-train that counts its trainings.
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    (fake_bin / "fairseq-train").write_text(f"#!/bin/sh\necho x >> {tmp_path / 'trainings'}\n")
-    (fake_bin / "fairseq-train").chmod(0o755)
-    monkeypatch.setattr("scripts.demo_support.tool", lambda name: str(fake_bin / name))
+    fake_train = StandInFairseqTrain(tmp_path, monkeypatch)
     args = argparse.Namespace(budget="default", threads=1, jobs=1, seeds=[1], alpha=5.0, workdir=tmp_path / "runs")
-    budget = dict(demo.BUDGETS["default"])
+    budget = dict(demo.budgets["default"])
 
     def folders():
-        results = run_arms(args, budget, demo.SETUP, lambda run: demo.train_args(bin_dir, run, demo.SETUP),
-                           lambda run: {"folder": run.save_dir.name, **dict(zip(("log", "seconds"), fairseq_train(run)))})
+        results = run_arms(args, budget, demo.setup, lambda run: train_args(demo, bin_dir, run, demo.setup),
+                           lambda run: {"folder": run.save_dir.name, **dict(zip(("log", "seconds"), train_once(run)))})
         return {name: arm["seeds"][0]["folder"] for name, arm in results["runs"].items()}
 
-    def trainings():
-        return len((tmp_path / "trainings").read_text().split())
-
     first = folders()
-    assert trainings() == 2
-    assert folders() == first and trainings() == 2  # the same command: both runs reused
+    assert fake_train.trainings() == 2
+    assert folders() == first and fake_train.trainings() == 2  # the same command: both runs reused
     # The label smoothing is hard-coded in the command; change it as an edit of the code would.
-    original = demo.transformer_args
-    monkeypatch.setattr(demo, "transformer_args", lambda setup: [
+    original = module.transformer_args
+    monkeypatch.setattr(module, "transformer_args", lambda setup: [
         0.2 if previous == "--label-smoothing" else arg for previous, arg in zip([None, *original(setup)], original(setup))])
-    assert "--label-smoothing 0.2 " in " ".join(map(str, demo.train_args(bin_dir, DemoRun(
-        "rdrop", 5.0, 1, budget, 1, tmp_path, lambda run: []), demo.SETUP)))
+    assert "--label-smoothing 0.2 " in " ".join(map(str, demo.train_flags(demo.setup, budget)))
     changed = folders()
-    assert trainings() == 4
+    assert fake_train.trainings() == 4
     assert set(changed.values()).isdisjoint(first.values())
+
+
+class StandInFairseqTrain:
+    """A fairseq-train that counts its trainings, in place of the real one."""
+
+    def __init__(self, tmp_path, monkeypatch):
+        fake_bin = tmp_path / "bin"
+        fake_bin.mkdir()
+        self.count = tmp_path / "trainings"
+        (fake_bin / "fairseq-train").write_text(f"#!/bin/sh\necho x >> {self.count}\n")
+        (fake_bin / "fairseq-train").chmod(0o755)
+        monkeypatch.setattr("rdrop_experiments.training.fairseq_script", lambda name: str(fake_bin / name))
+
+    def trainings(self):
+        return len(self.count.read_text().split()) if self.count.exists() else 0
+
+
+def test_a_run_whose_done_marker_was_cut_off_trains_again_instead_of_crashing(tmp_path, monkeypatch):
+    fake_train = StandInFairseqTrain(tmp_path, monkeypatch)
+    run = TrainingRun("rdrop", 5.0, 1, {"max_update": 30}, 1, tmp_path, lambda run: ["--max-update", 30])
+    train_once(run)
+    assert fake_train.trainings() == 1 and run.finished is not None
+    (run.save_dir / "done").write_text('{"seco')  # a write cut off by a full disk or a killed process
+    assert run.finished is None
+    train_once(run)
+    assert fake_train.trainings() == 2
+    assert json.loads((run.save_dir / "done").read_text())["seconds"] >= 0
+    assert sorted(p.name for p in run.save_dir.iterdir()) == ["done", "train.log"]
+
+
+class StandInDemo(Demo):
+    """A demo whose preparation copies its shipped file and counts how often it ran."""
+
+    preparations = 0
+
+    def __init__(self, data):
+        self.data = data
+
+    def data_parameters(self, setup, budget):
+        return {"lines": setup["lines"]}
+
+    def prepare_data(self, folder, setup, budget):
+        StandInDemo.preparations += 1
+        bin_dir = folder / "data-bin"
+        bin_dir.mkdir(parents=True)
+        lines = (self.data / "train.txt").read_text().splitlines()[:setup["lines"]]
+        (bin_dir / "train.txt").write_text("\n".join(lines))
+        return bin_dir
+
+
+def test_prepared_data_are_reused_only_for_the_same_files_parameters_and_code(tmp_path, monkeypatch):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "train.txt").write_text("a\nb\nc\n")
+    demo, work = StandInDemo(shipped), tmp_path / "work"
+    StandInDemo.preparations = 0
+    first = prepared_data(demo, work, {"lines": 2}, {})
+    assert prepared_data(demo, work, {"lines": 2}, {}) == first and StandInDemo.preparations == 1
+    (shipped / "train.txt").write_text("a\nB\nc\n")  # the shipped data changed
+    changed_data = prepared_data(demo, work, {"lines": 2}, {})
+    assert StandInDemo.preparations == 2 and changed_data != first
+    assert (changed_data / "train.txt").read_text() == "a\nB"
+    assert prepared_data(demo, work, {"lines": 3}, {}) not in (first, changed_data)  # another parameter
+    assert StandInDemo.preparations == 3
+    # The preparation code changed (a new version of data_prep).
+    source = data_prep.inspect.getsource
+    monkeypatch.setattr(data_prep.inspect, "getsource", lambda part: source(part) + "# changed")
+    assert prepared_data(demo, work, {"lines": 2}, {}) not in (first, changed_data)
+    assert StandInDemo.preparations == 4
 
 
 def test_the_runs_tag_names_the_plugins_code_not_where_it_lies(tmp_path):
