@@ -12,7 +12,7 @@ from rdrop_experiments.demo import train_args
 from rdrop_experiments.scheduler import arms
 from rdrop_experiments.training import TrainingRun
 
-from .helpers.demos import DEMO_FILES, load_demo
+from .helpers.demos import load_demo
 from .helpers.fairseq_runs import REPO
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "demo_commands.json").read_text())
@@ -25,7 +25,7 @@ def fairseq_reading(args):
     return vars(parsed)
 
 
-@pytest.mark.parametrize("name", sorted(DEMO_FILES))
+@pytest.mark.parametrize("name", sorted(RECORDED["tiny_runs_logged"]))
 def test_every_budgets_training_commands_read_as_before_the_move(name, tmp_path):
     demo = load_demo(name)
     bin_dir = tmp_path / "bin"

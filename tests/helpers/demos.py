@@ -8,6 +8,7 @@ DEMO_FILES = {
     "multi30k": REPO / "examples" / "translation" / "demo_multi30k.py",
     "scitldr": REPO / "examples" / "summarization" / "demo_scitldr.py",
     "wikitext2": REPO / "examples" / "language_model" / "demo_wikitext2.py",
+    "clinc150": REPO / "examples" / "sentence_prediction" / "demo_clinc150.py",
 }
 
 
