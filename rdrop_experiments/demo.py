@@ -55,7 +55,7 @@ class Demo:
         raise NotImplementedError
 
     def columns(self):
-        """The table's columns after run, alpha, updates and seed: (header, cell(arm, figure))."""
+        """The table's columns after run, alpha, updates and seed: (header, cell(arm, value_of))."""
         raise NotImplementedError
 
 
@@ -139,10 +139,10 @@ def print_results(demo, results):
     header = ["run", "alpha", "updates", "seed"] + [title for title, _ in columns] + ["train min"]
     rows = [
         [name, f"{arm['alpha']:g}", str(arm["max_update"]), label]
-        + [cell(arm, figure) for _, cell in columns]
-        + [f"{figure(lambda s: s['train_seconds']) / 60:.1f}"]
+        + [cell(arm, value_of) for _, cell in columns]
+        + [f"{value_of(lambda s: s['train_seconds']) / 60:.1f}"]
         for name, arm in results["runs"].items()
-        for label, figure in seed_rows(arm)
+        for label, value_of in seed_rows(arm)
     ]
     print_table(header, rows)
     for comparison, compared in results["gains"].items():

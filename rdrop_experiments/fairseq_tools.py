@@ -32,7 +32,7 @@ def thread_env(threads):
     return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
 
 
-def run_once(cmd, output, env=None, announce=None):
+def run_or_reuse(cmd, output, env=None, announce=None):
     """Runs a command with its whole output kept in ``output`` (logging
     ``announce`` first), unless ``output`` holds the output of the same command
     line already. Written under a temporary name and renamed once the command
@@ -73,7 +73,7 @@ def generate(bin_dir, run, split, options, sentences):
     ``generate-{split}.txt`` in the run's folder and reused by the same command.
     Raises :class:`IncompleteOutput` when any of the split's ``sentences`` has no hypothesis."""
     out = run.save_dir / f"generate-{split}.txt"
-    run_once(
+    run_or_reuse(
         [
             fairseq_script("fairseq-generate"), bin_dir, "--user-dir", USER_DIR,
             "--path", run.save_dir / "checkpoint_best.pt", "--gen-subset", split, "--cpu",

@@ -18,8 +18,8 @@ def seed_sd(values):
 
 
 def seed_rows(arm):
-    """The rows of an arm's table as (label, figure): one per seed, then, with
-    several seeds, their mean and standard deviation. ``figure(score)`` gives the
+    """The rows of an arm's table as (label, value_of): one per seed, then, with
+    several seeds, their mean and standard deviation. ``value_of(score)`` gives the
     row's value of ``score(seed entry)``."""
     seeds = arm["seeds"]
     rows = [(str(s["seed"]), lambda score, s=s: score(s)) for s in seeds]

@@ -248,8 +248,8 @@ def symmetric_kl_of_halves(lprobs: torch.Tensor, keep: Optional[torch.Tensor] = 
 
 
 class RDropTerms(NamedTuple):
-    loss: torch.Tensor  # (2, B, ...) label-smoothed NLL of each pass and token
-    nll_loss: torch.Tensor  # (2, B, ...) NLL of each pass and token
+    smoothed_nll: torch.Tensor  # (2, B, ...) label-smoothed NLL of each pass and token
+    nll: torch.Tensor  # (2, B, ...) NLL of each pass and token
     kl: torch.Tensor  # (B, ...) 1/2 (KL12 + KL21) per token
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from sacrebleu.metrics import BLEU
 
-from .helpers.fairseq_runs import COMMON_TRAIN, RDROP, REPO, TINY_TRANSFORMER, USER_DIR, WIKITEXT2, head_lines, run_tool, tool, train_records, write_lines
+from .helpers.fairseq_runs import COMMON_TRAIN, RDROP, REPO, TINY_TRANSFORMER, USER_DIR, WIKITEXT2, head_lines, run_tool, fairseq_script, train_records, write_lines
 
 @pytest.fixture(scope="module")
 def translation_run(multi30k_bin):
@@ -75,7 +75,7 @@ def test_two_rank_data_parallel_training_on_cpu_logs_the_same_keys(multi30k_bin)
     save = multi30k_bin / "ddp"
     save.mkdir()
     args = [
-        tool("fairseq-train"), multi30k_bin / "bin", "--task", "translation", *TINY_TRANSFORMER, *COMMON_TRAIN,
+        fairseq_script("fairseq-train"), multi30k_bin / "bin", "--task", "translation", *TINY_TRANSFORMER, *COMMON_TRAIN,
         *RDROP, "--label-smoothing", 0.1, "--max-tokens", 512, "--max-update", 8, "--save-dir", save,
         "--distributed-world-size", 2, "--distributed-init-method", f"tcp://127.0.0.1:{port}",
         "--distributed-no-spawn", "--device-id", 0, "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",

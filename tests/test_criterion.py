@@ -261,8 +261,8 @@ def test_on_the_rdrop_path_each_passs_loss_per_token_is_fairseqs_label_smoothed_
     ]
     terms = label_smoothed_nll_and_symmetric_kl(lprobs, target, 0.1, pad)
     for k, (loss, nll) in enumerate(passes):
-        torch.testing.assert_close(terms.loss[k].view(-1, 1), loss, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(terms.nll_loss[k].view(-1, 1), nll, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(terms.smoothed_nll[k].view(-1, 1), loss, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(terms.nll[k].view(-1, 1), nll, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(log["loss"], (passes[0][0] + passes[1][0]) / 2, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(log["nll_loss"], (passes[0][1] + passes[1][1]) / 2, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(objective, passes[0][0] + passes[1][0] + 5.0 * log["kl_loss"], rtol=1e-6, atol=1e-6)

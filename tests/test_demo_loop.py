@@ -18,7 +18,7 @@ import pytest
 from rdrop_experiments import data_prep
 from rdrop_experiments.demo import Demo, prepared_data, train_args
 from rdrop_experiments.errors import CommandFailed
-from rdrop_experiments.fairseq_tools import USER_DIR, run_once
+from rdrop_experiments.fairseq_tools import USER_DIR, run_or_reuse
 from rdrop_experiments.processes import run_command
 from rdrop_experiments.progress import TrainingProgress
 from rdrop_experiments.run_tags import command_tag
@@ -318,17 +318,17 @@ def test_run_once_reuses_the_output_of_the_same_command_only(tmp_path):
     out = tmp_path / "generate.txt"
     count = tmp_path / "count"
     cmd = [sys.executable, "-c", f"open({str(count)!r}, 'a').write('x'); print('made')"]
-    run_once(cmd, out)
-    run_once(cmd, out)
+    run_or_reuse(cmd, out)
+    run_or_reuse(cmd, out)
     assert count.read_text() == "x" and out.read_text().endswith("made\n")
-    run_once([*cmd, "--another-flag"], out)
+    run_or_reuse([*cmd, "--another-flag"], out)
     assert count.read_text() == "xx"
 
 
 def test_run_once_keeps_nothing_of_a_failed_command(tmp_path):
     out = tmp_path / "generate.txt"
     with pytest.raises(CommandFailed):
-        run_once([sys.executable, "-c", "print('half'); raise SystemExit(2)"], out)
+        run_or_reuse([sys.executable, "-c", "print('half'); raise SystemExit(2)"], out)
     assert not out.exists()
 
 

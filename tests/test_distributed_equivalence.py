@@ -28,7 +28,7 @@ from collections import defaultdict
 
 import pytest
 
-from .helpers.fairseq_runs import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, tool, train_records
+from .helpers.fairseq_runs import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, fairseq_script, train_records
 from .helpers.distributed import finish, launch, train_on_two_ranks
 
 UPDATES = 10
@@ -82,7 +82,7 @@ def runs(multi30k_bin):
     two_ranks.mkdir()
     train_on_two_ranks(training_args(multi30k_bin, two_ranks, user_dir), env=record_env(two_ranks))
     one_rank.mkdir()
-    finish([launch([tool("fairseq-train"), *training_args(multi30k_bin, one_rank, user_dir), "--update-freq", 2],
+    finish([launch([fairseq_script("fairseq-train"), *training_args(multi30k_bin, one_rank, user_dir), "--update-freq", 2],
                    record_env(one_rank))])
     return {
         name: (train_records(save / "train.log"), micro_batches(save))

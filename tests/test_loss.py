@@ -242,7 +242,7 @@ def _fused_terms(chunks):
     lprobs = _logits(2, rows, VOCAB, seed=37).log_softmax(-1).requires_grad_()
     target = torch.randint(2, VOCAB, (1, rows), generator=torch.Generator().manual_seed(38))
     terms = label_smoothed_nll_and_symmetric_kl(lprobs, target, 0.1, 1)
-    return terms.loss.sum() + terms.kl.sum()
+    return terms.smoothed_nll.sum() + terms.kl.sum()
 
 
 LOSSES = [_kl_of_two_passes, _kl_of_halves, _fused_terms]
@@ -342,16 +342,16 @@ def test_fused_terms_equal_fairseq_label_smoothing_and_the_kl_in_float64_per_pas
     keep = _keep_mask(batch, length, seed=9)
     target = _padded_targets(batch, length, vocab, keep, pad)
     terms = label_smoothed_nll_and_symmetric_kl(logits.log_softmax(-1), target, 0.1, pad)
-    assert terms.loss.shape == terms.nll_loss.shape == (2, batch, length) and terms.kl.shape == (batch, length)
+    assert terms.smoothed_nll.shape == terms.nll.shape == (2, batch, length) and terms.kl.shape == (batch, length)
     for half, rows in enumerate((slice(None, batch), slice(batch, None))):
         lprobs = torch.log_softmax(logits[rows].double(), -1)
         for b, t in keep.nonzero().tolist()[:40]:
             one = torch.zeros_like(keep)
             one[b, t] = True
             loss, nll = reference_fairseq_label_smoothed_ce(lprobs, target, 0.1, one)
-            torch.testing.assert_close(terms.loss[half, b, t].double(), loss, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(terms.nll_loss[half, b, t].double(), nll, rtol=1e-5, atol=1e-5)
-    assert terms.loss[:, ~keep].eq(0).all() and terms.nll_loss[:, ~keep].eq(0).all()
+            torch.testing.assert_close(terms.smoothed_nll[half, b, t].double(), loss, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(terms.nll[half, b, t].double(), nll, rtol=1e-5, atol=1e-5)
+    assert terms.smoothed_nll[:, ~keep].eq(0).all() and terms.nll[:, ~keep].eq(0).all()
     ref_kl = reference_symmetric_kl(logits[:batch], logits[batch:], keep)
     torch.testing.assert_close(terms.kl.double(), ref_kl, rtol=1e-5, atol=1e-6)
 
@@ -362,7 +362,7 @@ def test_fused_terms_gradient_equals_float64_reference_gradient():
     keep = _keep_mask(batch, length, seed=10)
     target = _padded_targets(batch, length, vocab, keep, pad, seed=1)
     terms = label_smoothed_nll_and_symmetric_kl(logits.log_softmax(-1), target, 0.1, pad)
-    (terms.loss.sum() + 0.3 * terms.nll_loss.sum() + 5.0 * terms.kl.sum()).backward()
+    (terms.smoothed_nll.sum() + 0.3 * terms.nll.sum() + 5.0 * terms.kl.sum()).backward()
     ref_logits = logits.detach().double().requires_grad_()
     ref = 5.0 * reference_symmetric_kl(ref_logits[:batch], ref_logits[batch:], keep).sum()
     for rows in (slice(None, batch), slice(batch, None)):
@@ -379,7 +379,7 @@ def test_fused_terms_give_zero_value_and_gradient_at_non_finite_padding():
     lprobs[:2][~keep], lprobs[2:][~keep] = float("nan"), float("-inf")
     lprobs.requires_grad_()
     terms = label_smoothed_nll_and_symmetric_kl(lprobs, target, 0.1, 1)
-    (terms.loss.sum() + terms.kl.sum()).backward()
+    (terms.smoothed_nll.sum() + terms.kl.sum()).backward()
     for value in terms:
         assert torch.isfinite(value).all()
     assert torch.isfinite(lprobs.grad).all()

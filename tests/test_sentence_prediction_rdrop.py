@@ -35,7 +35,7 @@ from rdrop_fairseq.criterions.sentence_prediction_rdrop import (
 )
 
 from .helpers.distributed import finish, launch, train_on_two_ranks
-from .helpers.fairseq_runs import COMMON_TRAIN, learned_state, run_tool, tool, train_records, write_lines
+from .helpers.fairseq_runs import COMMON_TRAIN, learned_state, run_tool, fairseq_script, train_records, write_lines
 from .helpers.references import reference_symmetric_kl
 from .helpers.tiny_fairseq import assert_sample_left_untouched, make_dictionary, run_capturing_outputs
 
@@ -545,7 +545,7 @@ def distributed_runs(glue_like, tmp_path_factory):
 
     two, one = root / "two-ranks", root / "one-rank"
     train_on_two_ranks(args(two), env={"RDROP_RECORD": str(two / "record")})
-    finish([launch([tool("fairseq-train"), *args(one), "--update-freq", 2], {"RDROP_RECORD": str(one / "record")})])
+    finish([launch([fairseq_script("fairseq-train"), *args(one), "--update-freq", 2], {"RDROP_RECORD": str(one / "record")})])
     return {name: (train_records(d / "train.log"), micro_batches(d)) for name, d in (("two", two), ("one", one))}
 
 

@@ -29,7 +29,7 @@ from rdrop_experiments.data_prep import binarize, sentencepiece_encode
 from rdrop_experiments.demo import Demo, main
 from rdrop_experiments.errors import IncompleteOutput
 from rdrop_experiments.fairseq_logs import curves
-from rdrop_experiments.fairseq_tools import REPO, USER_DIR, fairseq_script, run_once, thread_env
+from rdrop_experiments.fairseq_tools import REPO, USER_DIR, fairseq_script, run_or_reuse, thread_env
 
 FILES = {"train": "wiki.train.tokens.gz", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"}
 EVAL_SPLITS = ("valid", "test")
@@ -114,7 +114,7 @@ class WikiText2(Demo):
         """(loss in bits per token, perplexity) of ``fairseq-eval-lm`` with a context
         window, whose log is kept in the run's folder and reused by the same command."""
         log_file = run.save_dir / f"eval-lm-{split}.log"
-        run_once(
+        run_or_reuse(
             [
                 fairseq_script("fairseq-eval-lm"), bin_dir, "--user-dir", USER_DIR,
                 "--path", run.save_dir / "checkpoint_best.pt", "--gen-subset", split, "--cpu",
@@ -141,9 +141,9 @@ class WikiText2(Demo):
 
     def columns(self):
         return [
-            *((f"{split} ppl", lambda arm, figure, split=split: f"{figure(lambda s: s['eval'][split]['ppl']):.2f}")
+            *((f"{split} ppl", lambda arm, value_of, split=split: f"{value_of(lambda s: s['eval'][split]['ppl']):.2f}")
               for split in EVAL_SPLITS),
-            ("best update", lambda arm, figure: f"{figure(lambda s: s['best_update']):.0f}"),
+            ("best update", lambda arm, value_of: f"{value_of(lambda s: s['best_update']):.0f}"),
         ]
 
 

@@ -133,9 +133,9 @@ class Clinc150(Demo):
 
     def columns(self):
         return [
-            ("test accuracy", lambda arm, figure: f"{figure(lambda s: s['test_accuracy']):.2f}"),
-            ("best valid accuracy", lambda arm, figure: f"{figure(lambda s: s['best_valid_accuracy']):.2f}"),
-            ("best valid loss", lambda arm, figure: f"{figure(lambda s: s['best_valid_loss']):.3f}"),
+            ("test accuracy", lambda arm, value_of: f"{value_of(lambda s: s['test_accuracy']):.2f}"),
+            ("best valid accuracy", lambda arm, value_of: f"{value_of(lambda s: s['best_valid_accuracy']):.2f}"),
+            ("best valid loss", lambda arm, value_of: f"{value_of(lambda s: s['best_valid_loss']):.3f}"),
         ]
 
 

@@ -142,10 +142,10 @@ class SciTLDR(Demo):
 
     def columns(self):
         return [
-            *((LABELS[m], lambda arm, figure, m=m: f"{figure(lambda s: s['test_rouge'][m]):.2f}") for m in METRICS),
-            ("distinct summaries", lambda arm, figure: f"{figure(lambda s: s['distinct_summaries']):.0f}"
+            *((LABELS[m], lambda arm, value_of, m=m: f"{value_of(lambda s: s['test_rouge'][m]):.2f}") for m in METRICS),
+            ("distinct summaries", lambda arm, value_of: f"{value_of(lambda s: s['distinct_summaries']):.0f}"
                                                        f"/{arm['seeds'][0]['test_abstracts']}"),
-            ("best valid loss", lambda arm, figure: f"{figure(lambda s: s['best_valid_loss']):.3f}"),
+            ("best valid loss", lambda arm, value_of: f"{value_of(lambda s: s['best_valid_loss']):.3f}"),
         ]
 
 

@@ -131,9 +131,9 @@ class Multi30k(Demo):
 
     def columns(self):
         return [
-            *((f"{SPLITS[t]} BLEU", lambda arm, figure, t=SPLITS[t]: f"{figure(lambda s: s['test'][t]['bleu']):.2f}")
+            *((f"{SPLITS[t]} BLEU", lambda arm, value_of, t=SPLITS[t]: f"{value_of(lambda s: s['test'][t]['bleu']):.2f}")
               for t in TEST_SPLITS),
-            ("best valid BLEU", lambda arm, figure: f"{figure(lambda s: s['best_valid_bleu']):.2f}"),
+            ("best valid BLEU", lambda arm, value_of: f"{value_of(lambda s: s['best_valid_bleu']):.2f}"),
         ]
 
 

@@ -137,10 +137,10 @@ class LabelSmoothedCrossEntropyRDropCriterion(RDropCriterionMixin, LabelSmoothed
         lprobs, flat_target = self.get_lprobs_and_target(model, net_output, sample)
         terms = label_smoothed_nll_and_symmetric_kl(lprobs, flat_target, self.eps, self.padding_idx)
         if reduce:
-            loss, nll_loss, kl_loss = terms.loss.sum(), terms.nll_loss.sum(), terms.kl.sum()
+            loss, nll_loss, kl_loss = terms.smoothed_nll.sum(), terms.nll.sum(), terms.kl.sum()
         else:
             # per token of the original batch, the two passes added, in fairseq's (tokens, 1) shape
-            loss, nll_loss, kl_loss = (x.unsqueeze(-1) for x in (terms.loss.sum(0), terms.nll_loss.sum(0), terms.kl))
+            loss, nll_loss, kl_loss = (x.unsqueeze(-1) for x in (terms.smoothed_nll.sum(0), terms.nll.sum(0), terms.kl))
         alpha = self.alpha_now()
         objective = loss + alpha * kl_loss
 

@@ -5,7 +5,7 @@ import os
 import socket
 import subprocess
 
-from .fairseq_runs import REPO, tool
+from .fairseq_runs import REPO, fairseq_script
 
 
 def free_port():
@@ -44,4 +44,4 @@ def finish(procs, timeout=600):
 def train_on_two_ranks(args, env=None):
     """``fairseq-train ARGS`` as ranks 0 and 1; returns their outputs."""
     port = free_port()
-    return finish([launch([tool("fairseq-train"), *args, *rank_flags(rank, port)], env) for rank in (0, 1)])
+    return finish([launch([fairseq_script("fairseq-train"), *args, *rank_flags(rank, port)], env) for rank in (0, 1)])

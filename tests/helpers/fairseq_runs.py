@@ -12,14 +12,14 @@ MULTI30K = REPO / "data" / "translation" / "multi30k"
 WIKITEXT2 = REPO / "data" / "language_modeling" / "wikitext-2"
 
 from rdrop_experiments.fairseq_logs import read_records
-from rdrop_experiments.fairseq_tools import fairseq_script as tool
+from rdrop_experiments.fairseq_tools import fairseq_script
 from rdrop_fairseq.fairseq_fixes import FAST_PATH_COPIES
 
 
 def run_tool(name, *args, timeout=600, check=True, cwd=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.run(
-        [tool(name), *map(str, args)],
+        [fairseq_script(name), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
