@@ -21,8 +21,7 @@ from typing import List
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rdrop_fairseq.checkpoint_types import RefusedCheckpointError, load_checkpoint_safely  # noqa: E402
+from rdrop_fairseq.checkpoint_types import RefusedCheckpointError, load_checkpoint_safely
 
 _UPDATE = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
 _EPOCH = re.compile(r"^checkpoint(\d+)\.pt$")

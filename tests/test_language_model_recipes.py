@@ -160,6 +160,26 @@ def test_gpu_counts_that_do_not_divide_the_papers_batch_are_refused(tmp_path, mo
     assert f"NUM_GPUS={gpus} does not divide the {model} recipe's" in r.stderr, r.stderr
 
 
+@pytest.mark.usefixtures("cuda_hidden")
+def test_evaluate_stops_at_a_log_it_cannot_write_without_running_fairseq(tmp_path):
+    """A subset's log that cannot be opened (a folder in its place) fails that subset, named, and
+    fairseq-eval-lm does not run with its output on the terminal."""
+    fake, ran = tmp_path / "fakebin", tmp_path / "ran"
+    fake.mkdir()
+    (fake / "fairseq-eval-lm").write_text(f'#!/bin/sh\ntouch "{ran}"\necho "Loss (base 2): 4.4512, Perplexity: 21.88"\n')
+    (fake / "fairseq-eval-lm").chmod(0o755)
+    checkpoint = tmp_path / "checkpoint_best.pt"
+    checkpoint.write_bytes(b"")
+    log = tmp_path / "eval_lm.checkpoint_best.valid.txt"
+    log.mkdir()
+    r = _bash("evaluate_wikitext103.sh", checkpoint, DATA=_empty_data_bin(tmp_path / "data"), SUBSETS="valid",
+              PATH=f"{fake}{os.pathsep}{_env()['PATH']}")
+    assert r.returncode == 1
+    assert f"evaluate_wikitext103.sh: error: cannot write {log}\n" in r.stderr, r.stderr
+    assert f"fairseq-eval-lm failed on valid (log: {log})" in r.stderr
+    assert not ran.exists() and "Perplexity" not in r.stdout + r.stderr
+
+
 def test_prepare_binarizes_the_zip_with_one_dictionary(wikitext_bin):
     data, r = wikitext_bin
     assert "binarized data in" in r.stdout

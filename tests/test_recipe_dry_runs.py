@@ -18,7 +18,7 @@ import pytest
 
 from .helpers.fairseq_runs import REPO
 
-EXAMPLES = REPO / "examples"
+PINNED = Path(__file__).parent / "data" / "recipe_dry_runs.json"
 MT, LM, SUM = "translation", "language_model", "summarization"
 SMOKE_MT_DATA = ["mkdir"] + 2 * ["head", "sed", "head", "python mt_prep.py", "python mt_prep.py",
                                  "python mt_prep.py", "python -c"] + ["fairseq-preprocess", "cp"]
@@ -124,12 +124,32 @@ def _environment(results, bin_dirs, extra):
     return env, places
 
 
-def _dry_run(folder, script, args, extra, results, bin_dirs=()):
+def _run(repo, folder, script, args, extra, results, bin_dirs, **output):
+    """A dry run of the checkout ``repo``'s recipe in the environment of ``_environment``, its output
+    captured as ``output`` says; it must succeed."""
     env, places = _environment(results, bin_dirs, extra)
-    r = subprocess.run(["bash", str(EXAMPLES / folder / script), *(a.format(**places) for a in args)],
-                       capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run(["bash", str(repo / "examples" / folder / script), *(a.format(**places) for a in args)],
+                       env=env, timeout=60, **output)
+    assert r.returncode == 0, (r.stderr or r.stdout)[-3000:]
+    return r
+
+
+def _dry_run(folder, script, args, extra, results, bin_dirs=()):
+    r = _run(REPO, folder, script, args, extra, results, bin_dirs, capture_output=True, text=True)
     return [shlex.split(line[len("dry run: "):]) for line in r.stderr.splitlines() if line.startswith("dry run: ")]
+
+
+def dry_run_output(repo, folder, script, args, extra, work):
+    """A dry run's stdout and stderr as one stream, by the recipes of the checkout ``repo``, nothing prepared,
+    with an ``nproc`` that says 4 (the WORKERS default, the same on every machine); the paths of ``work`` and
+    ``repo`` are written ``<work>`` and ``<repo>``."""
+    stand_ins = work / "bin"
+    stand_ins.mkdir()
+    (stand_ins / "nproc").write_text("#!/bin/sh\necho 4\n")
+    (stand_ins / "nproc").chmod(0o755)
+    r = _run(repo, folder, script, args, extra, work / "results", [stand_ins],
+             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return r.stdout.decode().replace(str(work), "<work>").replace(str(repo), "<repo>")
 
 
 def _program(words):
@@ -219,3 +239,12 @@ def test_dry_run_prints_the_gpu_command_line_for_num_gpus(folder, script, args, 
 def test_dry_run_prints_the_gpu_evaluation(folder, script, args, tmp_path):
     commands = _dry_run(folder, script, args, {}, tmp_path / "results")
     assert commands and not any("--cpu" in c for c in commands)
+
+
+@pytest.mark.parametrize("name,run", zip(IDS, DRY_RUNS), ids=IDS)
+def test_dry_run_output_is_byte_identical_to_the_pinned_one(name, run, tmp_path):
+    """PINNED holds every dry run's output from the recipes before their library moved to examples/common.sh
+    (commit cee1bf1, through ``dry_run_output`` with that checkout as ``repo``): the move and the library's
+    functions changed no byte a user sees."""
+    folder, script, args, env, _ = run
+    assert dry_run_output(REPO, folder, script, args, env, tmp_path) == json.loads(PINNED.read_text())[name]

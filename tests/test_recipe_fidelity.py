@@ -7,7 +7,8 @@ recipe | note". Every code span in the "this recipe" column is a check:
   ``DRY_RUN=1`` (and the variables) on stand-in data, and every flag, with its
   value where one is given, must be in the fairseq command line it prints;
 * ``module.py: expression == literal`` evaluates the expression in that
-  recipe module (or one of scripts/) and compares it with the literal.
+  recipe file (or one of scripts/), with the names of the rdrop_experiments
+  module an entry point runs, and compares it with the literal.
 
 So a table that says one thing while a script does another fails here, in
 either direction of a later edit. A flag given twice counts as fairseq's parser
@@ -123,14 +124,15 @@ def _recipe_command(target, stand_in):
     return next(c for c in commands if not program or any(Path(w).name == program for w in c[:2]))
 
 
-def _module(folder, filename):
+def _module_names(folder, filename):
+    """The names of the recipe file ``filename`` (in examples/FOLDER or scripts/): those of the module its
+    ``main`` is written in, so rdrop_experiments' module for an entry point, else the file's own."""
     for place in (REPO / "examples" / folder, REPO / "scripts"):
         if (place / filename).is_file():
-            sys.path.insert(0, str(place))
             spec = importlib.util.spec_from_file_location(filename[:-3], place / filename)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
-            return module
+            return module.main.__globals__
     raise AssertionError(f"{filename} is neither in examples/{folder} nor in scripts/")
 
 
@@ -174,8 +176,8 @@ def test_fidelity_table_value_is_what_the_recipe_does(folder, setting, span, sta
     script_words = [w for w in words if "=" not in w]
     if script_words[0].endswith(".py"):
         expression, _, literal = check.rpartition(" == ")
-        module = _module(folder, script_words[0])
-        assert eval(expression, vars(module)) == ast.literal_eval(literal), span  # noqa: S307 (project text)
+        names = _module_names(folder, script_words[0])
+        assert eval(expression, names) == ast.literal_eval(literal), span  # noqa: S307 (project text)
         return
     command = _recipe_command((folder, tuple(words)), stand_in)
     missing = [(f, v) for f, v in _flag_pairs(shlex.split(check)) if not _has(command, f, v)]
@@ -345,9 +347,9 @@ def test_official_value_is_the_sources_stated_in_the_readme_and_used_by_the_reci
     official_cell, _ = fidelity_tables(READMES[folder])[(table, setting)]
     assert cited in official_cell, f"{folder}: row {setting!r} does not cite {cited!r} ({source})"
     if ".sh" not in recipe:
-        module = _module(folder, recipe)
+        names = _module_names(folder, recipe)
         for expression, literal in values.items():
-            assert eval(expression, vars(module)) == literal, f"{recipe}: {expression} ({source})"  # noqa: S307
+            assert eval(expression, names) == literal, f"{recipe}: {expression} ({source})"  # noqa: S307
         return
     command = _parsed(_recipe_command((folder, tuple(recipe.split())), stand_in))
     for flag, value in _parsed(shlex.split(values)).items():

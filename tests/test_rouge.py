@@ -1,4 +1,4 @@
-"""scripts/rouge.py against ROUGE values worked out by hand on small examples.
+"""rdrop_experiments.rouge (scripts/rouge.py) against ROUGE values worked out by hand on small examples.
 
 Counting conventions (Lin 2004): ROUGE-N P = matched n-grams / hypothesis
 n-grams, R = matched / reference n-grams (clipped counts), F1 = 2PR/(P+R);
@@ -14,10 +14,9 @@ import sys
 
 import pytest
 
-from .helpers.fairseq_runs import REPO, write_lines
+from rdrop_experiments import rouge
 
-sys.path.insert(0, str(REPO))
-from scripts import rouge  # noqa: E402
+from .helpers.fairseq_runs import REPO, write_lines
 
 CAT_HYP = "the cat sat on the mat"
 CAT_REF = "the cat was on the mat"

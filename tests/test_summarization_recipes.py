@@ -6,6 +6,7 @@ what is missing): story archives written here, and a small GPT-2-format BPE
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -16,14 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from rdrop_experiments import cnn_dm
+
 from .helpers.fairseq_runs import REPO, assert_script_fails_fast, assert_shell_script_parses_and_is_strict
 
 EXAMPLES = REPO / "examples" / "summarization"
 SCRIPTS = [EXAMPLES / f"{name}.sh" for name in ("prepare_cnn_dm", "train_cnn_dm", "evaluate_cnn_dm", "run_demo")]
 VENV_BIN = str(Path(sys.executable).parent)
-
-sys.path.insert(0, str(EXAMPLES))
-import make_cnn_dm  # noqa: E402
 
 STORY = """Lead line of the article without a period
 
@@ -61,34 +61,34 @@ def _bash(script, *args, **env):
 
 def test_story_splits_article_from_highlights_and_adds_missing_periods():
     # fix_missing_period appends " ." (space, period), as the standard script does.
-    article, summary = make_cnn_dm.parse_story(STORY)
+    article, summary = cnn_dm.parse_story(STORY)
     assert article == "Lead line of the article without a period . Second line ends properly."
     assert summary == "First highlight . Second highlight!"
 
 
 def test_story_without_article_text_gives_empty_article():
-    assert make_cnn_dm.parse_story("@highlight\n\nOnly a highlight\n") == ("", "Only a highlight .")
+    assert cnn_dm.parse_story("@highlight\n\nOnly a highlight\n") == ("", "Only a highlight .")
 
 
 def test_a_highlight_that_goes_on_over_several_lines_keeps_every_line():
     # make_datafiles.py: every non-empty line after the first @highlight is highlight text.
     story = "Lead line.\n\n@highlight\n\nFirst highlight\nwhich goes on here\n\n@highlight\n\nSecond one!\n"
-    assert make_cnn_dm.parse_story(story) == ("Lead line.", "First highlight . which goes on here . Second one!")
+    assert cnn_dm.parse_story(story) == ("Lead line.", "First highlight . which goes on here . Second one!")
 
 
 def test_a_highlight_marker_is_a_line_starting_with_it_and_no_line_mentioning_it_gets_a_period():
     story = "A line about @highlight markers\n@highlights\nThe highlight\n"
-    assert make_cnn_dm.parse_story(story) == ("A line about @highlight markers", "The highlight .")
+    assert cnn_dm.parse_story(story) == ("A line about @highlight markers", "The highlight .")
 
 
 def test_story_lines_are_the_ones_reading_the_file_gives():
     # \r and \r\n end a line as in a file read in text mode; U+2028 does not.
-    assert make_cnn_dm.parse_story("One\r\nTwo\u2028half\r@highlight\rH\n") == ("One . Two\u2028half .", "H .")
+    assert cnn_dm.parse_story("One\r\nTwo\u2028half\r@highlight\rH\n") == ("One . Two\u2028half .", "H .")
 
 
 def test_story_file_is_named_by_the_sha1_of_its_url():
     url = "http://www.cnn.com/2014/01/01/world/example/index.html"
-    assert make_cnn_dm.story_name(url) == hashlib.sha1(url.encode()).hexdigest() + ".story"
+    assert cnn_dm.story_name(url) == hashlib.sha1(url.encode()).hexdigest() + ".story"
 
 
 # -------------------------------------------------------- fake downloads
@@ -111,11 +111,11 @@ def _put_downloads(work: Path):
         for index, article in enumerate(articles):
             source = "cnn" if index % 2 == 0 else "dailymail"
             url = f"http://{source}.example/{split}/{index}"
-            (stories[source] / make_cnn_dm.story_name(url)).write_text(_story(article, f"summary {index} of {split}"))
+            (stories[source] / cnn_dm.story_name(url)).write_text(_story(article, f"summary {index} of {split}"))
             urls.append(url)
         # A story without article text keeps an empty line.
         empty = f"http://cnn.example/{split}/empty"
-        (stories["cnn"] / make_cnn_dm.story_name(empty)).write_text("@highlight\n\nno article\n")
+        (stories["cnn"] / cnn_dm.story_name(empty)).write_text("@highlight\n\nno article\n")
         (work / "url_lists" / f"all_{split}.txt").write_text("\n".join(urls + [empty]) + "\n")
     for source in stories:
         with tarfile.open(work / f"{source}_stories.tgz", "w:gz") as tar:
@@ -286,8 +286,9 @@ def test_generate_rejects_a_missing_checkpoint(tmp_path):
 
 
 def test_generate_defaults_are_barts_cnn_dm_inference_settings():
-    import generate_cnn_dm
-
+    spec = importlib.util.spec_from_file_location("generate_cnn_dm", EXAMPLES / "generate_cnn_dm.py")
+    generate_cnn_dm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate_cnn_dm)
     assert generate_cnn_dm.CNN_DM == dict(beam=4, lenpen=2.0, max_len_b=140, min_len=55, no_repeat_ngram_size=3)
 
 

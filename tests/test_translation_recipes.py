@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from rdrop_experiments import iwslt14_data, mt_prep, wmt14_data
+
 from .helpers.fairseq_runs import assert_script_fails_fast, assert_shell_script_parses_and_is_strict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,10 +26,6 @@ IWSLT = ROOT / "data" / "translation" / "iwslt14-de-en"
 SCRIPTS = [EXAMPLES / f"{name}.sh" for name in
            ("prepare_iwslt14", "train_iwslt14", "evaluate", "prepare_wmt14", "train_wmt14")]
 
-sys.path.insert(0, str(EXAMPLES))
-import mt_prep  # noqa: E402
-import prepare_iwslt14  # noqa: E402
-import prepare_wmt14  # noqa: E402
 
 
 def _load_script(name):
@@ -325,21 +323,21 @@ def test_shell_scripts_fail_fast_on_missing_input(script, args, env, message):
 
 def test_python_preparers_fail_clearly_on_missing_input(tmp_path, capsys):
     with pytest.raises(SystemExit, match="not found"):
-        prepare_iwslt14.main(["--out", str(tmp_path / "o"), "--orig", MISSING])
+        iwslt14_data.main(["--out", str(tmp_path / "o"), "--orig", MISSING])
     with pytest.raises(SystemExit, match="does not contain train.tags"):
-        prepare_iwslt14.main(["--out", str(tmp_path / "o"), "--orig", str(tmp_path)])
+        iwslt14_data.main(["--out", str(tmp_path / "o"), "--orig", str(tmp_path)])
     # no network (nothing listens on port 9): a clear message, no partial file
     with pytest.raises(SystemExit, match="(?s)could not download .* pass --tgz"):
-        prepare_iwslt14.main(["--out", str(tmp_path / "o"), "--url", "http://127.0.0.1:9/de-en.tgz"])
+        iwslt14_data.main(["--out", str(tmp_path / "o"), "--url", "http://127.0.0.1:9/de-en.tgz"])
     assert not list((tmp_path / "o" / "orig").glob("de-en.tgz*"))
     with pytest.raises(SystemExit, match="training-parallel-europarl-v7.tgz is missing"):
-        prepare_wmt14.main(["--pair", "en-de", "--orig", str(tmp_path / "orig"),
+        wmt14_data.main(["--pair", "en-de", "--orig", str(tmp_path / "orig"),
                             "--out", str(tmp_path / "o"), "--no-download"])
 
 
 # ----------------------------------------------------------- whole pipelines
 
-TEST_SETS = prepare_iwslt14.TEST_SETS
+TEST_SETS = iwslt14_data.TEST_SETS
 
 
 def _fake_wit3(folder: Path, n_train=120):
@@ -367,7 +365,7 @@ def _fake_wit3(folder: Path, n_train=120):
 
 def test_prepare_iwslt14_pipeline_on_local_files(tmp_path):
     texts = _fake_wit3(tmp_path / "de-en")
-    counts = prepare_iwslt14.prepare(tmp_path / "de-en", tmp_path / "out", bpe_merges=200)
+    counts = iwslt14_data.prepare(tmp_path / "de-en", tmp_path / "out", bpe_merges=200)
     tmp = tmp_path / "out" / "tmp"
     train_en = (tmp / "train.en").read_text().splitlines()
     valid_en = (tmp / "valid.en").read_text().splitlines()
@@ -447,7 +445,7 @@ def _fake_wmt_orig(orig: Path, pair="en-de", n=260):
     en = [MosesDetokenizer("en").detokenize(x.split()) for x in _lines("test.en", n)]
     de = [MosesDetokenizer("de").detokenize(x.split()) for x in _lines("test.de", n)]
     en[7] = "A state-of-the-art, well\u00a0known \u201cidea\u201d."
-    corpora = prepare_wmt14.PROTOCOLS[pair]["corpora"]
+    corpora = wmt14_data.PROTOCOLS[pair]["corpora"]
     parts = [slice(i * n // len(corpora), (i + 1) * n // len(corpora)) for i in range(len(corpora))]
     for (_, prefix), part in zip(corpora, parts):
         (orig / prefix).parent.mkdir(parents=True, exist_ok=True)
@@ -460,7 +458,7 @@ def _fake_wmt_orig(orig: Path, pair="en-de", n=260):
         path.write_text("\n".join(['<srcset setid="x">', '<doc docid="d">'] + body +
                                   ["</doc>", "</srcset>"]) + "\n", encoding="utf-8")
 
-    test = prepare_wmt14.TEST_SGM[pair]
+    test = wmt14_data.TEST_SGM[pair]
     sgm(orig / test.format(kind="src", lang="en"), ["It’s a test-case.", "Second  one."])
     sgm(orig / test.format(kind="ref", lang=tgt), ["Ein Test-Fall.", "Zweiter."])
     (orig / "dev").mkdir(exist_ok=True)
@@ -473,8 +471,8 @@ def test_prepare_wmt14_en_de_is_the_scaling18_protocol(tmp_path):
     orig, out = tmp_path / "orig", tmp_path / "out"
     en = _fake_wmt_orig(orig)
     # nothing to download: every archive's files are already there
-    prepare_wmt14.fetch(orig, "en-de", download=False)
-    prepare_wmt14.prepare(orig, out, "en-de", bpe_merges=150)
+    wmt14_data.fetch(orig, "en-de", download=False)
+    wmt14_data.prepare(orig, out, "en-de", bpe_merges=150)
     tok = (out / "tmp" / "train.tok.en").read_text().splitlines()
     assert len(tok) == len(en)
     # normalize-punctuation (curly quotes, and for English the period moves
@@ -497,10 +495,10 @@ def test_prepare_wmt14_en_de_is_the_scaling18_protocol(tmp_path):
 
 
 def test_prepare_wmt14_en_fr_holds_out_every_1333rd_line_and_cleans_after_bpe(tmp_path):
-    assert prepare_wmt14.PROTOCOLS["en-fr"]["valid"] == 1333
+    assert wmt14_data.PROTOCOLS["en-fr"]["valid"] == 1333
     orig, out = tmp_path / "orig", tmp_path / "out"
     _fake_wmt_orig(orig, pair="en-fr", n=1400)
-    prepare_wmt14.prepare(orig, out, "en-fr", bpe_merges=50)
+    wmt14_data.prepare(orig, out, "en-fr", bpe_merges=50)
     assert len((out / "tmp" / "valid.en").read_text().splitlines()) == 1
     n_train = len((out / "tmp" / "train.en").read_text().splitlines())
     assert n_train == 1399 and 0 < len((out / "train.en").read_text().splitlines()) <= n_train

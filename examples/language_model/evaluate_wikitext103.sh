@@ -11,19 +11,14 @@
 # line, for a GPU, and run none). Extra arguments go to fairseq-eval-lm. Writes each
 # subset's output next to the checkpoint and prints one line per subset.
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-source "$root/examples/translation/common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 checkpoint="${1:-}"
 [ -n "$checkpoint" ] || die "usage: evaluate_wikitext103.sh CHECKPOINT [fairseq-eval-lm options]"
 shift
 require_file "$checkpoint" "checkpoint not found: $checkpoint"
-DATA="${DATA:-$root/runs/data-bin/wikitext-103}"
-SUBSETS="${SUBSETS:-valid test}"
-TOKENS_PER_SAMPLE="${TOKENS_PER_SAMPLE:-512}"
-CONTEXT_WINDOW="${CONTEXT_WINDOW:-400}"
-require_file "$DATA/dict.txt" "binarized data not found: $DATA/dict.txt is missing (set DATA)"
+defaults DATA="$root/runs/data-bin/wikitext-103" SUBSETS="valid test" TOKENS_PER_SAMPLE=512 CONTEXT_WINDOW=400
+require_data "set DATA" dict.txt
 for subset in $SUBSETS; do
   require_file "$DATA/$subset.bin" "subset '$subset' not found: $DATA/$subset.bin is missing"
 done
@@ -37,7 +32,7 @@ for subset in $SUBSETS; do
   out="$(dirname "$checkpoint")/eval_lm.$(basename "$checkpoint" .pt).$subset.txt"
   run_command "&>$out" fairseq-eval-lm "$DATA" --user-dir "$user_dir" --path "$checkpoint" --gen-subset "$subset" \
     --batch-size 2 --tokens-per-sample "$TOKENS_PER_SAMPLE" --context-window "$CONTEXT_WINDOW" \
-    "${device[@]}" "$@" || { tail -n 20 "$out" >&2; die "fairseq-eval-lm failed on $subset (log: $out)"; }
+    "${device[@]}" "$@" || { [ ! -f "$out" ] || tail -n 20 "$out" >&2; die "fairseq-eval-lm failed on $subset (log: $out)"; }
   dry_run && continue
   result="$(grep -o 'Loss (base 2): [0-9.]*, Perplexity: [0-9.]*' "$out" | tail -n 1)"
   [ -n "$result" ] || die "no perplexity in $out"

@@ -10,14 +10,10 @@
 # Environment: ORIG (unpacked text, default runs/wikitext-103), DATA (binarized
 # output, default runs/data-bin/wikitext-103), WORKERS (default: number of CPUs).
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-source "$root/examples/translation/common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 URL="https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-v1.zip"
-ORIG="${ORIG:-$root/runs/wikitext-103}"
-DATA="${DATA:-$root/runs/data-bin/wikitext-103}"
-WORKERS="${WORKERS:-$(nproc 2>/dev/null || echo 1)}"
+defaults ORIG="$root/runs/wikitext-103" DATA="$root/runs/data-bin/wikitext-103" WORKERS="$(cpu_count)"
 
 zip="" text=""
 case "${1:-}" in
@@ -25,7 +21,7 @@ case "${1:-}" in
   --smoke)
     # The first 400 training and 100 valid/test lines of data/language_modeling/wikitext-2
     # (the same word-level format), under runs/smoke/wikitext unless DATA is set.
-    DATA="${DATA:-$root/runs/smoke/wikitext/data-bin}"
+    defaults DATA="$root/runs/smoke/wikitext/data-bin"
     text="$(dirname "$DATA")/text"
     shipped="$root/data/language_modeling/wikitext-2"
     WORKERS=1 ;;

@@ -22,14 +22,12 @@
 # (1.0), SEED (1), MAX_UPDATE, FP16 (1; adaptive baseline 0), LAUNCHER (a
 # torchrun command line for multi-node), DRY_RUN=1 (print the command line and
 # stop), SMOKE=1 (a few updates of a tiny model on a slice of the shipped
-# WikiText-2, then evaluate_wikitext103.sh; see common.sh). Extra arguments go
-# to fairseq-train, after the recipe's, so they override it.
+# WikiText-2, then evaluate_wikitext103.sh; see examples/common.sh). Extra
+# arguments go to fairseq-train, after the recipe's, so they override it.
 # CHECKPOINT_ACTIVATIONS=1 adds fairseq's --checkpoint-activations: the same batch
 # in less memory, for more time per update (README.md, "Performance").
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-source "$root/examples/translation/common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 model="${1:-}"
 case "$model" in
@@ -37,48 +35,37 @@ case "$model" in
   *) die "usage: train_wikitext103.sh {transformer|adaptive} [fairseq-train options]" ;;
 esac
 
-SMOKE="${SMOKE:-0}"
-NUM_GPUS="${NUM_GPUS:-1}"
-RDROP_ALPHA="${RDROP_ALPHA:-1.0}"
-SEED="${SEED:-1}"
+training_defaults RDROP_ALPHA=1.0 SEED=1
 if [ "$SMOKE" = 1 ]; then
-  DATA="${DATA:-$root/runs/smoke/wikitext/data-bin}"
-  SAVE_DIR="${SAVE_DIR:-$root/runs/smoke/wikitext/checkpoints_$model}"
-  MAX_UPDATE="${MAX_UPDATE:-3}"
+  defaults DATA="$root/runs/smoke/wikitext/data-bin" SAVE_DIR="$root/runs/smoke/wikitext/checkpoints_$model" \
+    MAX_UPDATE=3
   [ -f "$DATA/dict.txt" ] || DATA="$DATA" bash "$here/prepare_wikitext103.sh" --smoke
 fi
-DATA="${DATA:-$root/runs/data-bin/wikitext-103}"
+defaults DATA="$root/runs/data-bin/wikitext-103"
 
-for f in dict.txt train.bin valid.bin; do
-  require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing (run examples/language_model/prepare_wikitext103.sh or set DATA)"
-done
-check_num_gpus
-checkpoint_activations_flags
-[[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
+require_data "run examples/language_model/prepare_wikitext103.sh or set DATA" dict.txt train.bin valid.bin
+check_training_settings
 
 # The official update, kept on any number of GPUs through --update-freq: every
 # GPU batch is the official one (max_tokens), NUM_GPUS x update_freq batches.
 is_baseline=0
 [[ "$RDROP_ALPHA" =~ ^0+([.]0+)?$ ]] && is_baseline=1
 if [ "$model" = transformer ]; then
-  MAX_UPDATE="${MAX_UPDATE:-50000}"
-  FP16="${FP16:-1}"
+  defaults MAX_UPDATE=50000 FP16=1
   # 8 GPUs x --update-freq 16 batches of --max-tokens 2000, i.e. 3 samples of 512 tokens
   max_tokens=2000 batches_per_update=128
 elif [ "$is_baseline" = 1 ]; then
-  MAX_UPDATE="${MAX_UPDATE:-286000}"  # the official baseline script: 286k updates, float32
-  FP16="${FP16:-0}"
+  defaults MAX_UPDATE=286000 FP16=0  # the official baseline script: 286k updates, float32
   max_tokens=3072 batches_per_update=24  # 8 GPUs x --update-freq 3, one 3072-token sample each
 else
-  MAX_UPDATE="${MAX_UPDATE:-320000}"  # the official R-Drop script: 320k updates, fp16
-  FP16="${FP16:-1}"
+  defaults MAX_UPDATE=320000 FP16=1  # the official R-Drop script: 320k updates, fp16
   max_tokens=3072 batches_per_update=24
 fi
 (( batches_per_update % NUM_GPUS == 0 )) \
   || die "NUM_GPUS=$NUM_GPUS does not divide the $model recipe's $batches_per_update batches per update; use a divisor of $batches_per_update"
 update_freq=$((batches_per_update / NUM_GPUS))
 [[ "$SEED" =~ ^[0-9]+$ && "$MAX_UPDATE" =~ ^[0-9]+$ ]] || die "SEED and MAX_UPDATE must be integers"
-SAVE_DIR="${SAVE_DIR:-$root/runs/checkpoints/wikitext103_${model}_alpha${RDROP_ALPHA}_seed${SEED}}"
+defaults SAVE_DIR="$root/runs/checkpoints/wikitext103_${model}_alpha${RDROP_ALPHA}_seed${SEED}"
 
 if [ "$model" = transformer ]; then
   recipe=(
@@ -110,9 +97,6 @@ fi
 find_fairseq
 device_flags
 
-# LAUNCHER is split into words on purpose ("torchrun --nnodes 2 ...").
-# shellcheck disable=SC2206
-launcher=(${LAUNCHER:-})
 # legacy_ddp: fairseq's adaptive softmax needs it, and the official R-Drop runs used it for both models.
 run_command "${launcher[@]}" "$train" "$DATA" \
   --user-dir "$user_dir" --task language_modeling \

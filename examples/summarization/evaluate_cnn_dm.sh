@@ -16,13 +16,10 @@
 # (print the commands, summarizing on a GPU, and run none). Extra arguments go to
 # generate_cnn_dm.py.
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-source "$root/examples/translation/common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
-DATA="${DATA:-$root/runs/data-bin/cnn_dm}"
-CHECKPOINT="${CHECKPOINT:-$root/runs/checkpoints/cnn_dm_bart_large_alpha0.7_seed1/checkpoint_best.pt}"
-GPT2_BPE="${GPT2_BPE:-$root/runs/cnn_dm/gpt2_bpe}"
+defaults DATA="$root/runs/data-bin/cnn_dm" GPT2_BPE="$root/runs/cnn_dm/gpt2_bpe" \
+  CHECKPOINT="$root/runs/checkpoints/cnn_dm_bart_large_alpha0.7_seed1/checkpoint_best.pt"
 
 require_file "$DATA/test.target" "reference summaries not found: $DATA/test.target (run prepare_cnn_dm.sh or set DATA)"
 if [ -n "${HYPO:-}" ]; then

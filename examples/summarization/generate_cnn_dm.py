@@ -17,10 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-import rdrop_fairseq  # noqa: E402,F401  (allow-lists fairseq checkpoint types, registers the criteria)
+import rdrop_fairseq  # noqa: F401  (allow-lists fairseq checkpoint types, registers the criteria)
 
 USER_DIR = Path(rdrop_fairseq.__file__).parent
 # BART's CNN/DailyMail settings (fairseq examples/bart, used by the R-Drop paper).

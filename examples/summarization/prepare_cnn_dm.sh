@@ -19,9 +19,7 @@
 # GPT-2-format BPE of the 256 byte symbols without merges for GPT-2's; the BPE
 # and binarization steps below are the real ones. Defaults under runs/smoke/cnn_dm.
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-source "$root/examples/translation/common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 smoke=0
 case "${1:-}" in
@@ -29,15 +27,8 @@ case "${1:-}" in
   --smoke) smoke=1 ;;
   *) die "usage: prepare_cnn_dm.sh [--smoke]" ;;
 esac
-if [ "$smoke" = 1 ]; then
-  WORK="${WORK:-$root/runs/smoke/cnn_dm/work}"
-  DATA="${DATA:-$root/runs/smoke/cnn_dm/data-bin}"
-  WORKERS="${WORKERS:-1}"
-fi
-WORK="${WORK:-$root/runs/cnn_dm}"
-DATA="${DATA:-$root/runs/data-bin/cnn_dm}"
-BART_DIR="${BART_DIR:-$root/runs/bart.large}"
-WORKERS="${WORKERS:-8}"
+[ "$smoke" = 1 ] && defaults WORK="$root/runs/smoke/cnn_dm/work" DATA="$root/runs/smoke/cnn_dm/data-bin" WORKERS=1
+defaults WORK="$root/runs/cnn_dm" DATA="$root/runs/data-bin/cnn_dm" BART_DIR="$root/runs/bart.large" WORKERS=8
 [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "WORKERS must be a positive integer, got '$WORKERS'"
 
 url_lists=https://raw.githubusercontent.com/abisee/cnn-dailymail/master/url_lists

@@ -16,41 +16,29 @@
 # the command line and stop), SMOKE=1 (two updates of a tiny bart_large-shaped
 # model on the stand-in data of prepare_cnn_dm.sh --smoke, restored from a tiny
 # stand-in "pretrained" model trained first by the same command line, then
-# evaluate_cnn_dm.sh; see common.sh). Extra arguments go to fairseq-train.
+# evaluate_cnn_dm.sh; see examples/common.sh). Extra arguments go to fairseq-train.
 # CHECKPOINT_ACTIVATIONS=1 adds fairseq's --checkpoint-activations: the same batch
 # in less memory, for more time per update (README.md, "Performance").
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-source "$root/examples/translation/common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
-SMOKE="${SMOKE:-0}"
+training_defaults MAX_TOKENS=1024 RDROP_ALPHA=0.7 SEED=1 FP16=1
 if [ "$SMOKE" = 1 ]; then
-  DATA="${DATA:-$root/runs/smoke/cnn_dm/data-bin}"
-  BART_DIR="${BART_DIR:-$(dirname "$DATA")/bart}"
-  SAVE_DIR="${SAVE_DIR:-$(dirname "$DATA")/checkpoints}"
+  defaults DATA="$root/runs/smoke/cnn_dm/data-bin"
+  defaults BART_DIR="$(dirname "$DATA")/bart" SAVE_DIR="$(dirname "$DATA")/checkpoints"
   [ -f "$DATA/dict.source.txt" ] || WORK="$(dirname "$DATA")/work" DATA="$DATA" \
     bash "$here/prepare_cnn_dm.sh" --smoke
 fi
-DATA="${DATA:-$root/runs/data-bin/cnn_dm}"
-BART_DIR="${BART_DIR:-$root/runs/bart.large}"
-NUM_GPUS="${NUM_GPUS:-1}"
-MAX_TOKENS="${MAX_TOKENS:-1024}"
-RDROP_ALPHA="${RDROP_ALPHA:-0.7}"
-SEED="${SEED:-1}"
-FP16="${FP16:-1}"
-SAVE_DIR="${SAVE_DIR:-$root/runs/checkpoints/cnn_dm_bart_large_alpha${RDROP_ALPHA}_seed${SEED}}"
+defaults DATA="$root/runs/data-bin/cnn_dm" BART_DIR="$root/runs/bart.large" \
+  SAVE_DIR="$root/runs/checkpoints/cnn_dm_bart_large_alpha${RDROP_ALPHA}_seed${SEED}"
 TOTAL_NUM_UPDATES=20000
 WARMUP_UPDATES=500
 TOKENS_PER_UPDATE=65536
 
-for f in dict.source.txt dict.target.txt train.source-target.source.bin valid.source-target.source.bin; do
-  require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing (run examples/summarization/prepare_cnn_dm.sh or set DATA)"
-done
+require_data "run examples/summarization/prepare_cnn_dm.sh or set DATA" \
+  dict.source.txt dict.target.txt train.source-target.source.bin valid.source-target.source.bin
 [ "$SMOKE" = 1 ] || require_file "$BART_DIR/model.pt" "pretrained model not found: $BART_DIR/model.pt (run examples/summarization/prepare_cnn_dm.sh or set BART_DIR)"
-check_num_gpus
-checkpoint_activations_flags
-[[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
+check_training_settings
 [[ "$SEED" =~ ^[0-9]+$ ]] || die "SEED must be an integer, got '$SEED'"
 [[ "$MAX_TOKENS" =~ ^[1-9][0-9]*$ ]] || die "MAX_TOKENS must be a positive integer, got '$MAX_TOKENS'"
 
@@ -67,9 +55,6 @@ smoke=()
 [ "$SMOKE" = 1 ] && smoke=("${smoke_encoder_decoder[@]}" --max-update 2 --total-num-update 2
                            --warmup-updates 1 --max-tokens 2048 --update-freq 1)
 
-# LAUNCHER is split into words on purpose ("torchrun --nnodes 2 ...").
-# shellcheck disable=SC2206
-launcher=(${LAUNCHER:-})
 recipe=(
   --task translation --source-lang source --target-lang target
   --truncate-source --layernorm-embedding --share-all-embeddings --share-decoder-input-output-embed

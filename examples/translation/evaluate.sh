@@ -16,36 +16,30 @@
 # (print the commands, fairseq-generate's for a GPU, and run none).
 # Extra arguments are passed to fairseq-generate.
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-source "$here/common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 task="${1:-}"
 case "$task" in
   iwslt14)
     src=de tgt=en
-    DATA="${DATA:-$root/runs/data-bin/iwslt14.tokenized.de-en}"
-    CHECKPOINT="${CHECKPOINT:-$root/runs/checkpoints/iwslt14_de_en_alpha5_seed64/checkpoint_best.pt}"
-    BEAM="${BEAM:-5}" LENPEN="${LENPEN:-1}"
+    defaults DATA="$root/runs/data-bin/iwslt14.tokenized.de-en" BEAM=5 LENPEN=1 \
+      CHECKPOINT="$root/runs/checkpoints/iwslt14_de_en_alpha5_seed64/checkpoint_best.pt"
     raw_ref="" ;;
   wmt14-en-de | wmt14-en-fr)
     src=en tgt="${task#wmt14-en-}"
-    DATA="${DATA:-$root/runs/data-bin/wmt14_${src}_${tgt}}"
-    CHECKPOINT="${CHECKPOINT:-$root/runs/checkpoints/wmt14_${src}_${tgt}_alpha5_seed1/checkpoint_avg10.pt}"
-    BEAM="${BEAM:-4}" LENPEN="${LENPEN:-0.6}"
+    defaults DATA="$root/runs/data-bin/wmt14_${src}_${tgt}" BEAM=4 LENPEN=0.6 \
+      CHECKPOINT="$root/runs/checkpoints/wmt14_${src}_${tgt}_alpha5_seed1/checkpoint_avg10.pt"
     raw_ref="$DATA/test.raw.$tgt" ;;
   *) die "usage: evaluate.sh {iwslt14|wmt14-en-de|wmt14-en-fr} [fairseq-generate options]" ;;
 esac
 shift
-BATCH_SIZE="${BATCH_SIZE:-128}"
+defaults BATCH_SIZE=128
 
 if [ -n "${GEN_OUT:-}" ]; then
   require_file "$GEN_OUT" "GEN_OUT=$GEN_OUT does not exist"
   gen="$GEN_OUT"
 else
-  for f in "dict.$src.txt" "test.$src-$tgt.$src.bin"; do
-    require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing (set DATA)"
-  done
+  require_data "set DATA" "dict.$src.txt" "test.$src-$tgt.$src.bin"
   require_file "$CHECKPOINT" "checkpoint not found: $CHECKPOINT (set CHECKPOINT)"
 fi
 [ -z "$raw_ref" ] || require_file "$raw_ref" \

@@ -13,18 +13,15 @@
 # WORKERS (default: number of CPUs). With --smoke the defaults are under
 # runs/smoke/iwslt14.
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-source "$here/common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 if [ "${1:-}" = --smoke ]; then
   find_fairseq
   smoke_translation_data de en "${TEXT:-$root/runs/smoke/iwslt14/text}" "${DATA:-$root/runs/smoke/iwslt14/data-bin}"
   exit 0
 fi
-TEXT="${TEXT:-$root/runs/iwslt14.tokenized.de-en}"
-DATA="${DATA:-$root/runs/data-bin/iwslt14.tokenized.de-en}"
-WORKERS="${WORKERS:-$(nproc 2>/dev/null || echo 1)}"
+defaults TEXT="$root/runs/iwslt14.tokenized.de-en" DATA="$root/runs/data-bin/iwslt14.tokenized.de-en" \
+  WORKERS="$(cpu_count)"
 
 # Check local inputs before anything slow, so a typo fails at once.
 args=("$@")
@@ -35,8 +32,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   esac
 done
 
-find_fairseq
-dry_run || python -c "import sacremoses, subword_nmt" 2>/dev/null || die "python packages sacremoses and subword-nmt are required (pip install sacremoses subword-nmt)"
+find_translation_tools
 
 run_command python "$here/prepare_iwslt14.py" --out "$TEXT" --workers "$WORKERS" "$@"
 

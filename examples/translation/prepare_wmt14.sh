@@ -4,7 +4,8 @@
 # fairseq's prepare-wmt14en2de.sh --scaling18 of fairseq pull request 203 (the
 # preparation the R-Drop authors pointed to), En-Fr as prepare-wmt14en2fr.sh;
 # then binarizes with a joined dictionary (En-De: 32,768 words per side, as
-# that pull request's README). See prepare_wmt14.py for the exact protocol.
+# that pull request's README). See rdrop_experiments/wmt14_data.py for the
+# exact protocol.
 #
 #   bash examples/translation/prepare_wmt14.sh en-de
 #   ORIG=/data/wmt14-archives bash examples/translation/prepare_wmt14.sh en-de --no-download
@@ -14,9 +15,7 @@
 # runs/wmt14_<pair>), DATA (default runs/data-bin/wmt14_<pair>), WORKERS.
 # Extra arguments go to prepare_wmt14.py. Expect hours and ~100 GB (en-fr).
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-source "$here/common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 pair="${1:-}"
 case "$pair" in
@@ -30,18 +29,15 @@ if [ "${1:-}" = --smoke ]; then
   smoke_translation_data en de "${TEXT:-$root/runs/smoke/wmt14/text}" "${DATA:-$root/runs/smoke/wmt14/data-bin}"
   exit 0
 fi
-ORIG="${ORIG:-$root/runs/wmt14_orig}"
-TEXT="${TEXT:-$root/runs/wmt14_${src}_${tgt}}"
-DATA="${DATA:-$root/runs/data-bin/wmt14_${src}_${tgt}}"
-WORKERS="${WORKERS:-$(nproc 2>/dev/null || echo 1)}"
+defaults ORIG="$root/runs/wmt14_orig" TEXT="$root/runs/wmt14_${src}_${tgt}" \
+  DATA="$root/runs/data-bin/wmt14_${src}_${tgt}" WORKERS="$(cpu_count)"
 for a in "$@"; do
   if [ "$a" = --no-download ] && [ ! -d "$ORIG" ] && ! dry_run; then
     die "--no-download given but the archive folder ORIG=$ORIG does not exist"
   fi
 done
 
-find_fairseq
-dry_run || python -c "import sacremoses, subword_nmt" 2>/dev/null || die "python packages sacremoses and subword-nmt are required (pip install sacremoses subword-nmt)"
+find_translation_tools
 
 run_command python "$here/prepare_wmt14.py" --pair "$pair" --orig "$ORIG" --out "$TEXT" --workers "$WORKERS" "$@"
 

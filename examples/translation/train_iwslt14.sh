@@ -11,35 +11,24 @@
 # nodes), RDROP_ALPHA (5), SEED (64), MAX_UPDATE (300000), FP16 (1), LAUNCHER
 # (a torchrun command line for multi-node), DRY_RUN=1 (print the command line
 # and stop), SMOKE=1 (a few updates of a tiny model on the shipped IWSLT'14
-# slice, then evaluate.sh; see common.sh). Extra arguments go to fairseq-train.
+# slice, then evaluate.sh; see examples/common.sh). Extra arguments go to
+# fairseq-train.
 # CHECKPOINT_ACTIVATIONS=1 adds fairseq's --checkpoint-activations: the same batch
 # in less memory, for more time per update (README.md, "Performance").
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-source "$here/common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
-SMOKE="${SMOKE:-0}"
-NUM_GPUS="${NUM_GPUS:-1}"
-RDROP_ALPHA="${RDROP_ALPHA:-5}"
-SEED="${SEED:-64}"
-FP16="${FP16:-1}"
+training_defaults RDROP_ALPHA=5 SEED=64 FP16=1
 if [ "$SMOKE" = 1 ]; then
-  DATA="${DATA:-$root/runs/smoke/iwslt14/data-bin}"
-  SAVE_DIR="${SAVE_DIR:-$root/runs/smoke/iwslt14/checkpoints}"
-  MAX_UPDATE="${MAX_UPDATE:-3}"
+  defaults DATA="$root/runs/smoke/iwslt14/data-bin" SAVE_DIR="$root/runs/smoke/iwslt14/checkpoints" MAX_UPDATE=3
   [ -f "$DATA/dict.de.txt" ] || DATA="$DATA" bash "$here/prepare_iwslt14.sh" --smoke
 fi
-DATA="${DATA:-$root/runs/data-bin/iwslt14.tokenized.de-en}"
-MAX_UPDATE="${MAX_UPDATE:-300000}"
-SAVE_DIR="${SAVE_DIR:-$root/runs/checkpoints/iwslt14_de_en_alpha${RDROP_ALPHA}_seed${SEED}}"
+defaults DATA="$root/runs/data-bin/iwslt14.tokenized.de-en" MAX_UPDATE=300000 \
+  SAVE_DIR="$root/runs/checkpoints/iwslt14_de_en_alpha${RDROP_ALPHA}_seed${SEED}"
 
-for f in dict.de.txt dict.en.txt train.de-en.de.bin valid.de-en.de.bin; do
-  require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing (run examples/translation/prepare_iwslt14.sh or set DATA)"
-done
-check_num_gpus
-checkpoint_activations_flags
-[[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
+require_data "run examples/translation/prepare_iwslt14.sh or set DATA" \
+  dict.de.txt dict.en.txt train.de-en.de.bin valid.de-en.de.bin
+check_training_settings
 [[ "$SEED" =~ ^[0-9]+$ && "$MAX_UPDATE" =~ ^[0-9]+$ ]] || die "SEED and MAX_UPDATE must be integers"
 
 find_fairseq
@@ -59,9 +48,6 @@ smoke=()
 
 device_flags
 
-# LAUNCHER is split into words on purpose ("torchrun --nnodes 2 ...").
-# shellcheck disable=SC2206
-launcher=(${LAUNCHER:-})
 run_command "${launcher[@]}" "$train" "$DATA" \
   --user-dir "$user_dir" \
   --source-lang de --target-lang en \

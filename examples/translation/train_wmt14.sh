@@ -15,39 +15,27 @@
 # (1), MAX_UPDATE (300000), FP16 (1), AVG_CHECKPOINTS (10), LAUNCHER (e.g.
 # torchrun for multi-node), DRY_RUN=1 (print the command line and stop),
 # SMOKE=1 (two epochs of a tiny model on a slice of data/, averaging and
-# evaluate.sh; see common.sh). Extra arguments are passed to fairseq-train.
+# evaluate.sh; see examples/common.sh). Extra arguments are passed to fairseq-train.
 # CHECKPOINT_ACTIVATIONS=1 adds fairseq's --checkpoint-activations: the same batch
 # in less memory, for more time per update (README.md, "Performance").
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-source "$here/common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 PAIR="${PAIR:-en-de}"
 case "$PAIR" in en-de | en-fr) ;; *) die "PAIR must be en-de or en-fr, got '$PAIR'" ;; esac
 src="${PAIR%-*}" tgt="${PAIR#*-}"
-SMOKE="${SMOKE:-0}"
-NUM_GPUS="${NUM_GPUS:-1}"
-RDROP_ALPHA="${RDROP_ALPHA:-5}"
-SEED="${SEED:-1}"
-FP16="${FP16:-1}"
-AVG_CHECKPOINTS="${AVG_CHECKPOINTS:-10}"
+training_defaults RDROP_ALPHA=5 SEED=1 FP16=1 AVG_CHECKPOINTS=10
 if [ "$SMOKE" = 1 ]; then
   [ "$PAIR" = en-de ] || die "SMOKE=1 is for PAIR=en-de only"
-  DATA="${DATA:-$root/runs/smoke/wmt14/data-bin}"
-  SAVE_DIR="${SAVE_DIR:-$root/runs/smoke/wmt14/checkpoints}"
+  defaults DATA="$root/runs/smoke/wmt14/data-bin" SAVE_DIR="$root/runs/smoke/wmt14/checkpoints"
   [ -f "$DATA/dict.en.txt" ] || DATA="$DATA" bash "$here/prepare_wmt14.sh" en-de --smoke
 fi
-DATA="${DATA:-$root/runs/data-bin/wmt14_${src}_${tgt}}"
-MAX_UPDATE="${MAX_UPDATE:-300000}"
-SAVE_DIR="${SAVE_DIR:-$root/runs/checkpoints/wmt14_${src}_${tgt}_alpha${RDROP_ALPHA}_seed${SEED}}"
+defaults DATA="$root/runs/data-bin/wmt14_${src}_${tgt}" MAX_UPDATE=300000 \
+  SAVE_DIR="$root/runs/checkpoints/wmt14_${src}_${tgt}_alpha${RDROP_ALPHA}_seed${SEED}"
 
-for f in "dict.$src.txt" "dict.$tgt.txt" "train.$src-$tgt.$src.bin" "valid.$src-$tgt.$src.bin"; do
-  require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing (run examples/translation/prepare_wmt14.sh $PAIR or set DATA)"
-done
-check_num_gpus
-checkpoint_activations_flags
-[[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
+require_data "run examples/translation/prepare_wmt14.sh $PAIR or set DATA" \
+  "dict.$src.txt" "dict.$tgt.txt" "train.$src-$tgt.$src.bin" "valid.$src-$tgt.$src.bin"
+check_training_settings
 [[ "$SEED" =~ ^[0-9]+$ && "$MAX_UPDATE" =~ ^[0-9]+$ ]] || die "SEED and MAX_UPDATE must be integers"
 [[ "$AVG_CHECKPOINTS" =~ ^[0-9]+$ ]] || die "AVG_CHECKPOINTS must be 0 (no averaging) or a positive integer"
 (( 128 % NUM_GPUS == 0 )) \
@@ -67,8 +55,6 @@ smoke=()
 
 device_flags
 
-# shellcheck disable=SC2206
-launcher=(${LAUNCHER:-})
 run_command "${launcher[@]}" "$train" "$DATA" \
   --user-dir "$user_dir" \
   --source-lang "$src" --target-lang "$tgt" \

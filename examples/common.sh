@@ -1,11 +1,21 @@
-# Shared by the recipes (sourced, not run): error exit, the environment with
-# fairseq and the plugin, GPU-count checks, device flags and DRY_RUN.
-# Expects $root (the repository) to be set by the caller.
+# The recipes' shared shell library, for every recipe under examples/
+# (translation, language_model, summarization, ...). A recipe script begins
+#
+#   set -euo pipefail
+#   source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+#
+# and so has `here` (its own folder) and `root` (the repository), and the
+# functions below: error exit, environment defaults, the environment with
+# fairseq and the plugin, checks of the training settings, device flags,
+# commands that run or (DRY_RUN) are printed, and the SMOKE settings.
 #
 # DRY_RUN=1: a script prints every command it would run (fairseq's on NUM_GPUS
 # CUDA GPUs) to stderr, each as one shell-quoted line after "dry run: ", and
 # runs none: it writes nothing, and needs no input data, torch, fairseq or
 # virtual environment, so it works on any machine.
+
+here="$(cd "$(dirname "${BASH_SOURCE[1]}")" && pwd)"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 die() { echo "$(basename "$0"): error: $*" >&2; exit 1; }
 
@@ -13,6 +23,34 @@ dry_run() { [ "${DRY_RUN:-0}" = 1 ]; }
 
 # require_file FILE MESSAGE: stops with MESSAGE unless FILE exists (a dry run reads no input).
 require_file() { dry_run || [ -f "$1" ] || die "$2"; }
+
+# require_data HINT FILE...: stops unless each FILE of the binarized data in
+# $DATA exists, saying HINT (what to run or set).
+require_data() {
+  local hint="$1" f
+  shift
+  for f; do
+    require_file "$DATA/$f" "binarized data not found: $DATA/$f is missing ($hint)"
+  done
+}
+
+# defaults NAME=VALUE...: each NAME that is unset or empty becomes VALUE, as
+# NAME="${NAME:-VALUE}" (the recipes' environment defaults). The locals start
+# with _ so that they hide no NAME.
+defaults() {
+  local _setting _name
+  for _setting; do
+    _name="${_setting%%=*}"
+    [ -n "${!_name:-}" ] || printf -v "$_name" %s "${_setting#*=}"
+  done
+}
+
+# training_defaults NAME=VALUE...: the environment defaults every training
+# recipe shares, SMOKE=0 and NUM_GPUS=1, then the recipe's own.
+training_defaults() { defaults SMOKE=0 NUM_GPUS=1 "$@"; }
+
+# The number of CPUs, the preparation scripts' default WORKERS.
+cpu_count() { nproc 2>/dev/null || echo 1; }
 
 # Activates the project's .venv unless fairseq is already on PATH; sets user_dir
 # (the plugin's folder) and train (fairseq-train's path, which launchers need).
@@ -29,6 +67,26 @@ find_fairseq() {
   user_dir="$(python -c 'import importlib.util as u, os; print(os.path.dirname(u.find_spec("rdrop_fairseq").origin))')" \
     || die "python package rdrop_fairseq is not importable (pip install -e . in $root)"
   train="$(command -v fairseq-train)"
+}
+
+# find_fairseq, then stops unless sacremoses and subword-nmt, the translation
+# data preparation's packages, are importable (a dry run looks for nothing).
+find_translation_tools() {
+  find_fairseq
+  dry_run || python -c "import sacremoses, subword_nmt" 2>/dev/null \
+    || die "python packages sacremoses and subword-nmt are required (pip install sacremoses subword-nmt)"
+}
+
+# check_training_settings: the checks every training recipe shares (NUM_GPUS,
+# CHECKPOINT_ACTIVATIONS, RDROP_ALPHA); sets the arrays `checkpointing` (see
+# checkpoint_activations_flags) and `launcher`, LAUNCHER split into words on
+# purpose ("torchrun --nnodes 2 ...").
+check_training_settings() {
+  check_num_gpus
+  checkpoint_activations_flags
+  [[ "$RDROP_ALPHA" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RDROP_ALPHA must be a number >= 0, got '$RDROP_ALPHA'"
+  # shellcheck disable=SC2206
+  launcher=(${LAUNCHER:-})
 }
 
 # NUM_GPUS: 1..8 on one machine; under a multi-node LAUNCHER, the world size.
@@ -88,7 +146,9 @@ inference_device() {
 # from IN and standard output (with &>, standard error too) to OUT when given,
 # or with DRY_RUN=1 prints it with those redirections and goes on, opening no
 # file. The line goes to the script's own stderr (fd 3), also where the caller
-# redirects the command's.
+# redirects the command's. IN or OUT that cannot be opened fails it, COMMAND
+# not run, also where the caller tests it (`run_command ... || ...` suspends
+# set -e).
 exec 3>&2
 run_command() {
   local in="" out="" redirect=""
@@ -105,8 +165,8 @@ run_command() {
     return 0
   fi
   (
-    [ -z "$in" ] || exec < "$in"
-    [ -z "$out" ] || exec > "$out"
+    [ -z "$in" ] || exec < "$in" || die "cannot read $in"
+    [ -z "$out" ] || exec > "$out" || die "cannot write $out"
     [ "$redirect" != "&>" ] || exec 2>&1
     set -x
     "$@"
