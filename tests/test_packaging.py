@@ -3,6 +3,7 @@ allow-list alone (fairseq's loaders: tests/test_checkpoint_loading.py), and a
 pip install registers the criteria."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,11 +17,11 @@ from .helpers.fairseq_runs import REPO
 
 
 # What each case takes away before anything is imported, as a leaner or older
-# install lacks it, and whether the fairseq criteria are then registered.
+# install lacks it: a line run first, or a folder put first on PYTHONPATH.
 LEANER_INSTALLS = {
-    "no fairseq": ("sys.modules['fairseq'] = None", False),
-    "no numpy": ("sys.modules['numpy'] = None", False),
-    "a fairseq that fails to import": ("sys.path.insert(0, {broken!r})", False),
+    "no fairseq": ("sys.modules['fairseq'] = None", None),
+    "no numpy": ("sys.modules['numpy'] = None", None),
+    "a fairseq that fails to import": ("", "broken"),
 }
 
 
@@ -29,10 +30,11 @@ def test_the_loss_imports_and_runs_with_torch_alone(tmp_path, case):
     broken = tmp_path / "broken"
     (broken / "fairseq").mkdir(parents=True)
     (broken / "fairseq" / "__init__.py").write_text("raise ImportError('a half-installed extension')\n")
-    take_away, registers = LEANER_INSTALLS[case]
+    take_away, first_on_path = LEANER_INSTALLS[case]
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / first_on_path)) if first_on_path else None
     code = (
         "import json, sys, warnings\n"
-        f"{take_away.format(broken=str(broken))}\n"
+        f"{take_away}\n"
         "import torch\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
@@ -42,10 +44,11 @@ def test_the_loss_imports_and_runs_with_torch_alone(tmp_path, case):
         "print(json.dumps({'registered': 'rdrop_fairseq.criterions' in sys.modules,\n"
         "                  'warnings': [str(w.message) for w in caught if 'rdrop_fairseq' in str(w.message)]}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.splitlines()[-1])
-    assert result["registered"] is registers
+    assert result["registered"] is False
     if case in ("no numpy", "a fairseq that fails to import"):
         [warning] = result["warnings"]
         assert "fairseq is installed but does not import" in warning and "rdrop_fairseq.loss works" in warning
@@ -76,6 +79,7 @@ def test_a_pip_installed_copy_works_as_user_dir_and_documents_its_flag(tmp_path)
     )
     installed = target / "rdrop_fairseq"
     assert (installed / "criterions" / "label_smoothed_cross_entropy_rdrop.py").exists()
+    assert (target / "rdrop_experiments" / "demo.py").exists()  # the demos' plumbing comes with the project
     code = (
         "import argparse, sys\n"
         "from fairseq import utils\n"
@@ -95,6 +99,26 @@ def test_a_pip_installed_copy_works_as_user_dir_and_documents_its_flag(tmp_path)
     help_text = " ".join(help_text.split())
     assert "--rdrop-alpha RDROP_ALPHA weight of the R-Drop term" in help_text
     assert "--label-smoothing" in help_text and "--report-accuracy" in help_text
+
+
+def test_loading_the_plugin_imports_none_of_the_demos_dependencies():
+    """What --user-dir loads brings in nothing of the demos: neither their
+    plumbing nor tqdm, matplotlib, sacrebleu or sentencepiece beyond what
+    fairseq's own modules import."""
+
+    def imported(extra):
+        code = (
+            "import sys\n"
+            "import fairseq.checkpoint_utils, fairseq.criterions, fairseq.models, fairseq.tasks, fairseq.trainer\n"
+            f"{extra}\n"
+            "print(' '.join(sorted(m for m in ('rdrop_experiments', 'tqdm', 'matplotlib', 'sacrebleu', "
+            "'sentencepiece') if m in sys.modules)))\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.split()
+
+    assert imported("import rdrop_fairseq") == imported("")
 
 
 def readme_install_line():
