@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from scripts.fairseq_logs import runs_of_results
+from rdrop_experiments.results import runs_of_results
 
 from .helpers.fairseq_runs import COMMON_TRAIN, REPO, TINY_TRANSFORMER, run_tool
 
