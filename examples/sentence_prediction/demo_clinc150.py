@@ -40,14 +40,18 @@ class Clinc150(Demo):
     data = REPO / "data" / "classification" / "clinc150"
     criterion = "sentence_prediction_rdrop"
     alpha, default_minutes = 1.0, 15
+    # Chosen on the validation set with seed 1 (examples/sentence_prediction/README.md):
+    # 30 queries per intent, so that the baseline overfits within a 2-core CPU's
+    # budget, and a d=256 encoder with dropout 0.3, where R-Drop's validation gain
+    # was largest of the setups tried.
     setup = {
         "train_per_intent": 30,  # first N training queries of each intent (of 100)
         "vocab_size": 2000,  # sentencepiece unigram vocabulary
         "layers": 2,
-        "embed_dim": 128,
-        "ffn_dim": 512,
+        "embed_dim": 256,
+        "ffn_dim": 1024,
         "heads": 4,
-        "dropout": 0.1,
+        "dropout": 0.3,
         "lr": 1e-3,
         "warmup": 200,
         "batch_size": 32,
@@ -55,7 +59,7 @@ class Clinc150(Demo):
     budgets = {
         "tiny": dict(max_update=30, interval=15,
                      setup=dict(train_per_intent=4, vocab_size=400, layers=1, embed_dim=32, ffn_dim=64, heads=2,
-                                warmup=5)),
+                                dropout=0.1, warmup=5)),
         "default": dict(max_update=1500, interval=150),
         "full": dict(max_update=1500, interval=150, seeds=(1, 2, 3)),
     }
