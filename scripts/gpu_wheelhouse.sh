@@ -122,7 +122,9 @@ install_wheelhouse() {
   say "    $((SECONDS - step)) s"; step=$SECONDS
   say "3/3 this checkout ($root), editable"
   "${pip[@]}" --no-build-isolation --no-deps -e "$root" >>"$log" 2>&1 || die "installing $root failed; see $log"
-  "$py" -c 'import fairseq_cli.train, rdrop_fairseq' >>"$log" 2>&1 || die "fairseq does not import; see $log"
+  # what gpu_check.sh runs: fairseq's training, the plugin, and the check's and the benchmark's code
+  "$py" -c 'import fairseq_cli.train, rdrop_fairseq, rdrop_experiments.gpu_check, rdrop_experiments.benchmark' \
+    >>"$log" 2>&1 || die "fairseq or this project does not import; see $log"
   say "    $((SECONDS - step)) s"
   say "done in $((SECONDS - start)) s. Run: RDROP_PYTHON=$py bash scripts/gpu_check.sh --quick"
 }

@@ -11,18 +11,59 @@ import sys
 import pytest
 import torch
 
+from rdrop_experiments import benchmark_kl, benchmark_recipes, benchmark_step
+
 from .helpers.fairseq_runs import REPO
+
+# What fairseq's and hydra's logging and Python's warnings look like on a console.
+LIBRARY_MARKERS = ("| INFO |", "| WARNING |", "INFO:", "DEBUG:", "WARNING", "UserWarning", "FutureWarning",
+                   "version_base", "deprecat")
+# The first lines of the report's tables.
+REPORT_HEADINGS = ("KL term alone", "Training step on Multi30k", "Recipes' models: ")
+
+
+def run_benchmark(*args, timeout):
+    """The benchmark's command line run as a user runs it, stdout and stderr together: its console."""
+    return subprocess.run([sys.executable, str(REPO / "scripts/benchmark_rdrop.py"), *map(str, args)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+def not_the_benchmarks_own(console):
+    """The console's lines that are neither the benchmark's progress (``[benchmark] ...``)
+    nor its report (headings and table rows), or that look like a library's messages."""
+    return [line for line in console.splitlines() if line.strip() and (
+        any(marker in line for marker in LIBRARY_MARKERS)
+        or not (line.startswith(("[benchmark] ", *REPORT_HEADINGS)) or " | " in line))]
+
+
+def test_the_console_shows_progress_and_tables_and_the_log_file_the_rest(tmp_path):
+    # the quickest run that has both: fairseq's Trainer in this process, and cases in processes of their own
+    out = tmp_path / "quickest.json"
+    proc = run_benchmark("--quick", "--parts", "kl", "recipes", "--recipe-models", "iwslt14", "--kl-sizes", "256x1000",
+                         "--kl-reps", "1", "--batches", "1", "--step-reps", "1", "--workdir", tmp_path / "work",
+                         "--out", out, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert not_the_benchmarks_own(proc.stdout) == []
+    log_path = tmp_path / "work" / "quickest.log"
+    assert proc.stdout.splitlines()[0] == (
+        f"[benchmark] fairseq's, hydra's and torch's messages, and each case's process output, go to {log_path}")
+    assert "KL term alone" in proc.stdout and "Recipes' models: iwslt14" in proc.stdout
+    assert "[benchmark] iwslt14: round 2/2 done" in proc.stdout and f"[benchmark] wrote {out}" in proc.stdout
+    assert set(json.loads(out.read_text())) >= {"kl", "kl_ratios", "recipes"}
+    log = log_path.read_text()
+    # hydra's warnings, fairseq's logging, and each KL case's process
+    assert "UserWarning" in log and "The version_base parameter is not specified" in log
+    assert "| INFO | fairseq.trainer | detected shared parameter" in log
+    assert log.count(" --child ") == 3 and log.count('"part": "kl"') == 3
 
 
 def test_benchmark_quick_run_prints_both_tables_and_writes_every_measurement(tmp_path):
     out = tmp_path / "benchmark.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts/benchmark_rdrop.py"), "--quick", "--kl-reps", "1", "--batches", "2",
-         "--step-reps", "1", "--workdir", str(tmp_path), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
-    )
+    proc = run_benchmark("--quick", "--kl-reps", "1", "--batches", "2", "--step-reps", "1", "--workdir", tmp_path,
+                         "--out", out, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "KL term alone" in proc.stdout and "Training step on Multi30k" in proc.stdout
+    assert not_the_benchmarks_own(proc.stdout) == []
     results = json.loads(out.read_text())
     assert {(r["tokens"], r["vocab"], r["impl"]) for r in results["kl"]} == {
         (n, v, impl) for n, v in [(256, 1000), (512, 4000)] for impl in ("official", "ours", "ours+lsm")
@@ -51,23 +92,19 @@ def test_benchmark_quick_run_prints_both_tables_and_writes_every_measurement(tmp
 
 
 def test_the_kl_table_has_an_mbart_sized_vocabulary_and_cases_can_be_chosen():
-    from scripts import benchmark_rdrop
-
-    assert (1024, 250000) in benchmark_rdrop.KL_SIZES
-    assert benchmark_rdrop.kl_size("1024x250000") == (1024, 250000)
+    assert (1024, 250000) in benchmark_kl.KL_SIZES
+    assert benchmark_kl.kl_size("1024x250000") == (1024, 250000)
     with pytest.raises(argparse.ArgumentTypeError, match="expected TOKENSxVOCAB such as 1024x250000, got '1024'"):
-        benchmark_rdrop.kl_size("1024")
+        benchmark_kl.kl_size("1024")
 
 
 def test_the_update_freq_2_arm_takes_every_sentence_of_the_batch_once_in_two_halves():
-    from scripts import benchmark_rdrop
-
     from .helpers.tiny_fairseq import make_sample, make_task
 
     task = make_task()
     sample = make_sample(task, batch_size=5, seed=3)
     pad = task.target_dictionary.pad()
-    first, second = benchmark_rdrop.halves(sample, pad)
+    first, second = benchmark_step.halves(sample, pad)
     assert (first["nsentences"], second["nsentences"]) == (3, 2)
     assert first["ntokens"] + second["ntokens"] == sample["ntokens"]
     for part in (first, second):
@@ -81,13 +118,10 @@ def test_the_update_freq_2_arm_takes_every_sentence_of_the_batch_once_in_two_hal
 def test_the_recipes_part_trains_each_recipes_architecture_in_every_arm_side_by_side(tmp_path):
     # --quick on the CPU: the code path of --device cuda, with the models shrunk and 128-token batches
     out = tmp_path / "recipes.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts/benchmark_rdrop.py"), "--quick", "--parts", "recipes",
-         "--workdir", str(tmp_path), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
-    )
+    proc = run_benchmark("--quick", "--parts", "recipes", "--workdir", tmp_path, "--out", out, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Recipes' models: cnn_dm, bart_large" in proc.stdout
+    assert not_the_benchmarks_own(proc.stdout) == []
     recipes = json.loads(out.read_text())["recipes"]
     assert (recipes["precision"], recipes["batches"], recipes["reps"]) == ("fp32", 2, 2)
     assert {name: (m["arch"], m["vocab"]) for name, m in recipes["models"].items()} == {
@@ -107,14 +141,12 @@ def test_the_recipes_part_trains_each_recipes_architecture_in_every_arm_side_by_
 
 
 def test_the_recipes_batches_fill_each_recipes_max_tokens_with_its_dictionarys_tokens():
-    from scripts import benchmark_rdrop
-
     sizes = {}
-    for name, spec in benchmark_rdrop.RECIPE_MODELS.items():
-        max_tokens, source_len, target_len, shrink = benchmark_rdrop.recipe_setup(name, "cuda", quick=True)
+    for name, spec in benchmark_recipes.RECIPE_MODELS.items():
+        max_tokens, source_len, target_len, shrink = benchmark_recipes.recipe_setup(name, "cuda", quick=True)
         assert (max_tokens, shrink) == (spec["max_tokens"], [])  # --quick on a GPU: the recipes' own sizes
-        dictionary = benchmark_rdrop.recipe_dictionary(spec["vocab"])
-        [batch] = benchmark_rdrop.random_batches(dictionary, 1, max_tokens, source_len, target_len, "cpu")
+        dictionary = benchmark_recipes.recipe_dictionary(spec["vocab"])
+        [batch] = benchmark_recipes.random_batches(dictionary, 1, max_tokens, source_len, target_len, "cpu")
         tokens = batch["net_input"]["src_tokens"]
         assert len(dictionary) == spec["vocab"] and int(tokens.max()) < spec["vocab"]
         assert int(tokens[:, :-1].min()) >= dictionary.nspecial and bool((tokens[:, -1] == dictionary.eos()).all())

@@ -11,10 +11,13 @@ import time
 
 import pytest
 
+from rdrop_experiments import gpu_check
+from rdrop_experiments.fairseq_tools import fairseq_script
+
 from .helpers.fairseq_runs import REPO
 
 
-def gpu_check(tmp_path, *args, env=None):
+def run_gpu_check(tmp_path, *args, env=None):
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--workdir", str(tmp_path / "work"),
          "--out", str(tmp_path / "check.json"), *args],
@@ -24,7 +27,7 @@ def gpu_check(tmp_path, *args, env=None):
 
 
 def test_the_resume_check_trains_stops_resumes_and_writes_its_row(tmp_path):
-    proc, result = gpu_check(tmp_path, "--only", "resume")
+    proc, result = run_gpu_check(tmp_path, "--only", "resume")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert result["device"] == "cpu" and result["torch"].startswith("2.13.0")
     [row] = result["checks"]
@@ -39,7 +42,7 @@ def test_the_resume_check_trains_stops_resumes_and_writes_its_row(tmp_path):
 @pytest.mark.slow
 def test_a_check_whose_kl_is_missing_fails_and_names_its_log(tmp_path):
     # RDROP_ALPHA=0 trains the baseline, which logs no KL
-    proc, result = gpu_check(tmp_path, "--only", "iwslt14", env={"RDROP_ALPHA": "0"})
+    proc, result = run_gpu_check(tmp_path, "--only", "iwslt14", env={"RDROP_ALPHA": "0"})
     assert proc.returncode == 1
     [row] = result["checks"]
     assert row["status"] == "failed" and "KL of the last update is None" in row["why"]
@@ -48,7 +51,7 @@ def test_a_check_whose_kl_is_missing_fails_and_names_its_log(tmp_path):
 
 @pytest.mark.slow
 def test_every_check_passes_on_the_cpu(tmp_path):
-    proc, result = gpu_check(tmp_path, "--quick")
+    proc, result = run_gpu_check(tmp_path, "--quick")
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert [row["check"] for row in result["checks"]] == [
         "benchmark", "iwslt14", "wmt14", "wikitext103-transformer", "wikitext103-adaptive", "cnn_dm", "resume"]
@@ -82,13 +85,11 @@ def test_ctrl_c_sigterm_and_sighup_end_every_command_the_check_started(tmp_path,
 
 
 def test_a_preparation_stopped_after_the_dictionary_leaves_nothing_the_recipes_would_take_for_data(tmp_path):
-    from scripts.demo_support import tool
-
     # fairseq-preprocess writes the dictionary first; this one then hangs, as if
     # binarizing took long, so that the check is stopped with the dictionary written.
     fake = tmp_path / "fake-bin" / "fairseq-preprocess"
     fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\n"{tool("fairseq-preprocess")}" "$@" || exit\nexec sleep 600\n')
+    fake.write_text(f'#!/bin/sh\n"{fairseq_script("fairseq-preprocess")}" "$@" || exit\nexec sleep 600\n')
     fake.chmod(0o755)
     work = tmp_path / "work"
     proc = subprocess.Popen(
@@ -128,8 +129,6 @@ def test_a_workdir_holding_other_files_is_refused_and_loses_nothing(tmp_path):
 
 
 def test_the_check_empties_a_workdir_it_made_and_takes_a_new_or_empty_one(tmp_path):
-    from scripts import gpu_check
-
     made = tmp_path / "made"
     gpu_check.fresh_workdir(made)
     (made / "logs").mkdir()
@@ -151,8 +150,6 @@ def test_the_check_empties_a_workdir_it_made_and_takes_a_new_or_empty_one(tmp_pa
 def test_the_bf16_rows_fairseq_train_reads_bf16_as_bfloat16_on_the_gpu_not_as_a_tpu(tmp_path):
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    from scripts import gpu_check
 
     work = tmp_path / "work"
     gpu_check.fresh_workdir(work)
@@ -179,7 +176,7 @@ def test_the_bf16_rows_fairseq_train_reads_bf16_as_bfloat16_on_the_gpu_not_as_a_
 
 def test_a_recipe_trains_in_bf16_through_the_checks_fairseq_train_without_a_tpu(tmp_path):
     # bf16 on the CPU: the GPU's code path of the launcher, with the model in bfloat16
-    proc, result = gpu_check(tmp_path, "--only", "iwslt14", "--precisions", "bf16")
+    proc, result = run_gpu_check(tmp_path, "--only", "iwslt14", "--precisions", "bf16")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [row] = result["checks"]
     assert (row["check"], row["precision"], row["status"], row["num_updates"]) == ("iwslt14", "bf16", "ok", 3)
@@ -191,8 +188,6 @@ def test_a_recipe_trains_in_bf16_through_the_checks_fairseq_train_without_a_tpu(
 
 def test_bf16_is_reported_only_where_the_gpu_computes_in_it_natively(monkeypatch):
     import torch
-
-    from scripts import gpu_check
 
     calls = []
 
