@@ -99,7 +99,8 @@ def print_report(results):
         print_table(
             ["N", "V", "impl", "time / official", "extra memory / official"],
             [[str(r["tokens"]), str(r["vocab"]), r["impl"], f"{r['time_vs_official']:.3f}",
-              f"{r['extra_memory_vs_official']:.3f}"] for r in results["kl_ratios"]],
+              "n/a" if r["extra_memory_vs_official"] is None else f"{r['extra_memory_vs_official']:.3f}"]
+             for r in results["kl_ratios"]],
         )
     if "step" in results:
         step = results["step"]

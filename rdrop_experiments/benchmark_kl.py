@@ -102,6 +102,8 @@ def kl_ratios(rows):
             ratios.append({
                 "tokens": tokens, "vocab": vocab, "impl": impl,
                 "time_vs_official": paired_ratio(impls[impl]["times"], official["times"]),
-                "extra_memory_vs_official": impls[impl]["peak_extra_mib"] / official["peak_extra_mib"],
+                # None where the official formula's extra memory is below what the meter resolves
+                "extra_memory_vs_official": (impls[impl]["peak_extra_mib"] / official["peak_extra_mib"]
+                                             if official["peak_extra_mib"] > 0 else None),
             })
     return ratios

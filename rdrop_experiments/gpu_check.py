@@ -299,8 +299,9 @@ def describe(result):
     if "why" in result:
         return result["why"]
     if "kl_case" in result:
+        memory = result["kl_memory_vs_official"]
         text = (f"KL {result['kl_case']}: time {result['kl_time_vs_official']:.2f}, memory "
-                f"{result['kl_memory_vs_official']:.2f} of official")
+                f"{'n/a' if memory is None else f'{memory:.2f}'} of official")
         if "step_ratios" in result:
             ratios = result["step_ratios"]
             text += (f"; step ours/baseline {ratios['ours/baseline step']:.2f}, "
