@@ -50,6 +50,21 @@ def run_or_reuse(cmd, output, env=None, announce=None):
     partial.rename(output)
 
 
+# The small transformer and optimiser of the sequence-to-sequence demos, chosen on
+# Multi30k's validation set (examples/translation/README.md) and kept for SciTLDR.
+SMALL_TRANSFORMER = {
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "embed_dim": 128,
+    "ffn_dim": 512,
+    "heads": 4,
+    "dropout": 0.1,
+    "lr": 2e-3,
+    "warmup": 200,
+    "max_tokens": 2048,
+}
+
+
 def transformer_args(setup):
     """fairseq-train options of a demo's small transformer and its optimiser:
     shared embeddings, Adam, inverse square root schedule, label smoothing 0.1."""

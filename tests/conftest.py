@@ -2,6 +2,7 @@
 
 import pytest
 import sentencepiece as spm
+import torch.distributed as dist
 
 from .helpers.fairseq_runs import MULTI30K, head_lines, run_tool, write_lines
 
@@ -36,3 +37,22 @@ def cuda_hidden(monkeypatch):
     """The recipes' CPU fallback on any machine: the scripts ask torch for a GPU
     in a subprocess, which then sees none."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture
+def one_rank_process_group(tmp_path):
+    """A real gloo process group of this one process, for fairseq's all-reduce."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield dist.group.WORLD
+    dist.destroy_process_group()
+
+
+@pytest.fixture(autouse=True)
+def fresh_fairseq_metrics():
+    """fairseq's metrics live in module state whose root aggregator is always active:
+    one criterion's derived meter (label smoothing's accuracy) would meet another's
+    scalar of the same name (sentence prediction's) in the next test."""
+    from fairseq.logging import metrics
+
+    metrics.reset()
+    yield

@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-import torch.distributed as dist
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion, label_smoothed_nll_loss
 from fairseq.logging import metrics
 from fairseq.optim.sgd import SGD
@@ -104,14 +103,6 @@ def _reduced(criterion, logging_outputs):
     with metrics.aggregate() as agg:
         type(criterion).reduce_metrics(logging_outputs)
         return agg.get_smoothed_values()
-
-
-@pytest.fixture
-def one_rank_process_group(tmp_path):
-    """A real gloo process group of this one process, for fairseq's all-reduce."""
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    yield dist.group.WORLD
-    dist.destroy_process_group()
 
 
 def test_logging_outputs_are_summed_across_workers_as_fairseqs_trainer_sums_them(task, one_rank_process_group):

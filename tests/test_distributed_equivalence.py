@@ -29,35 +29,11 @@ from collections import defaultdict
 import pytest
 
 from .helpers.fairseq_runs import COMMON_TRAIN, RDROP, TINY_TRANSFORMER, fairseq_script, train_records
-from .helpers.distributed import finish, launch, train_on_two_ranks
+from .helpers.distributed import finish, launch, train_on_two_ranks, write_recording_criterion
 
 UPDATES = 10
 # fairseq logs 3 decimals: two values within float32 rounding may round apart by one unit.
 LOG_ROUNDING = 1.5e-3
-
-# label_smoothed_cross_entropy_rdrop with dropout masks drawn from the batch's
-# ids and the update, writing each training micro-batch's own logging output to
-# $RDROP_RECORD.<pid> before fairseq sums them.
-RECORDING_CRITERION = """
-import json, os
-import torch
-from fairseq.criterions import register_criterion
-from rdrop_fairseq.criterions.label_smoothed_cross_entropy_rdrop import (
-    LabelSmoothedCrossEntropyRDropCriterion, LabelSmoothedCrossEntropyRDropCriterionConfig)
-
-@register_criterion("rdrop_recording", dataclass=LabelSmoothedCrossEntropyRDropCriterionConfig)
-class RDropRecording(LabelSmoothedCrossEntropyRDropCriterion):
-    def forward(self, model, sample, reduce=True):
-        ids = int(sample["id"].sum())
-        if model.training:
-            torch.manual_seed(ids + 100003 * self.num_updates_done())
-        loss, sample_size, log = super().forward(model, sample, reduce)
-        if model.training:
-            with open(os.environ["RDROP_RECORD"] + f".{os.getpid()}", "a") as f:
-                f.write(json.dumps({"update": self.num_updates_done() + 1, "ids": ids, "kl_loss": float(log["kl_loss"]),
-                                    "ntokens": int(log["ntokens"])}) + "\\n")
-        return loss, sample_size, log
-"""
 
 
 def record_env(save_dir):
@@ -76,9 +52,9 @@ def training_args(data, save_dir, user_dir):
 @pytest.fixture(scope="module")
 def runs(multi30k_bin):
     two_ranks, one_rank = multi30k_bin / "two-ranks", multi30k_bin / "one-rank"
-    user_dir = multi30k_bin / "rdrop_recording"
-    user_dir.mkdir()
-    (user_dir / "__init__.py").write_text(RECORDING_CRITERION)
+    user_dir = write_recording_criterion(
+        multi30k_bin / "rdrop_recording", "rdrop_recording", "rdrop_fairseq.criterions.label_smoothed_cross_entropy_rdrop",
+        "LabelSmoothedCrossEntropyRDropCriterion", "LabelSmoothedCrossEntropyRDropCriterionConfig", "ntokens")
     two_ranks.mkdir()
     train_on_two_ranks(training_args(multi30k_bin, two_ranks, user_dir), env=record_env(two_ranks))
     one_rank.mkdir()

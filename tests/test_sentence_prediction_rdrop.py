@@ -16,7 +16,6 @@ from collections import defaultdict
 
 import pytest
 import torch
-import torch.distributed as dist
 from fairseq import checkpoint_utils, options
 from fairseq.criterions.sentence_prediction import SentencePredictionConfig, SentencePredictionCriterion
 from fairseq.data import Dictionary
@@ -34,7 +33,7 @@ from rdrop_fairseq.criterions.sentence_prediction_rdrop import (
     SentencePredictionRDropConfig,
 )
 
-from .helpers.distributed import finish, launch, train_on_two_ranks
+from .helpers.distributed import finish, launch, train_on_two_ranks, write_recording_criterion
 from .helpers.fairseq_runs import COMMON_TRAIN, learned_state, run_tool, fairseq_script, train_records, write_lines
 from .helpers.references import reference_symmetric_kl
 from .helpers.tiny_fairseq import assert_sample_left_untouched, make_dictionary, run_capturing_outputs
@@ -220,14 +219,6 @@ def test_reduce_metrics_gives_fairseqs_figures_and_the_kl_per_sentence_in_base_2
     objective = sum(float(objective) for objective, _, _ in runs)
     assert 2 * reduced["loss"] + 1.5 * reduced["kl_loss"] == pytest.approx(objective / sentences / ln2, abs=1e-2)
     assert SentencePredictionRDrop.logging_outputs_can_be_summed()
-
-
-@pytest.fixture
-def one_rank_process_group(tmp_path):
-    """A real gloo process group of this one process, for fairseq's all-reduce."""
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    yield dist.group.WORLD
-    dist.destroy_process_group()
 
 
 def test_logging_outputs_are_summed_across_workers_as_fairseqs_trainer_sums_them(task, one_rank_process_group):
@@ -503,28 +494,6 @@ def test_a_resumed_run_reaches_the_uninterrupted_runs_parameters_and_losses(clas
             assert mine[key] == pytest.approx(reference_record[key], abs=1.5e-3), (mine["num_updates"], key)
 
 
-# sentence_prediction_rdrop with dropout masks drawn from the batch's ids and the
-# update (see tests/test_distributed_equivalence.py), writing each training
-# micro-batch's own logging output to $RDROP_RECORD.<pid>.
-RECORDING_CRITERION = """
-import json, os
-import torch
-from fairseq.criterions import register_criterion
-from rdrop_fairseq.criterions.sentence_prediction_rdrop import SentencePredictionRDrop, SentencePredictionRDropConfig
-
-@register_criterion("sp_rdrop_recording", dataclass=SentencePredictionRDropConfig)
-class Recording(SentencePredictionRDrop):
-    def forward(self, model, sample, reduce=True):
-        ids = int(sample["id"].sum())
-        if model.training:
-            torch.manual_seed(ids + 100003 * self.num_updates_done())
-        loss, sample_size, log = super().forward(model, sample, reduce)
-        if model.training:
-            with open(os.environ["RDROP_RECORD"] + f".{os.getpid()}", "a") as f:
-                f.write(json.dumps({"update": self.num_updates_done() + 1, "ids": ids,
-                                    "kl_loss": float(log["kl_loss"]), "nsentences": int(log["nsentences"])}) + "\\n")
-        return loss, sample_size, log
-"""
 UPDATES = 4
 
 
@@ -532,9 +501,9 @@ UPDATES = 4
 def distributed_runs(glue_like, tmp_path_factory):
     """Two gloo ranks with --batch-size 4, and one rank accumulating two such batches."""
     root = tmp_path_factory.mktemp("sp_distributed")
-    user_dir = root / "sp_rdrop_recording"
-    user_dir.mkdir()
-    (user_dir / "__init__.py").write_text(RECORDING_CRITERION)
+    user_dir = write_recording_criterion(
+        root / "sp_rdrop_recording", "sp_rdrop_recording", "rdrop_fairseq.criterions.sentence_prediction_rdrop",
+        "SentencePredictionRDrop", "SentencePredictionRDropConfig", "nsentences")
 
     def args(save_dir):
         save_dir.mkdir()

@@ -25,7 +25,7 @@ import json
 from rdrop_experiments.data_prep import binarize_pairs, sentencepiece_encode
 from rdrop_experiments.demo import Demo, main
 from rdrop_experiments.fairseq_logs import curves
-from rdrop_experiments.fairseq_tools import REPO, generate, transformer_args
+from rdrop_experiments.fairseq_tools import REPO, SMALL_TRANSFORMER, generate, transformer_args
 from rdrop_experiments.rouge import LABELS, METRICS, score as rouge_score
 
 SRC, TGT = "source", "target"
@@ -53,15 +53,7 @@ class SciTLDR(Demo):
         "train_subset": 0,  # first N training abstracts; 0: all 1,992
         "vocab_size": 4000,  # joint sentencepiece vocabulary
         "max_source_tokens": 128,  # abstracts are truncated to this many pieces
-        "encoder_layers": 2,
-        "decoder_layers": 2,
-        "embed_dim": 128,
-        "ffn_dim": 512,
-        "heads": 4,
-        "dropout": 0.1,
-        "lr": 2e-3,
-        "warmup": 200,
-        "max_tokens": 2048,
+        **SMALL_TRANSFORMER,
     }
     # Budgets share the setup; they change the number of updates and the
     # evaluation cadence. "tiny" exists for the end-to-end test.

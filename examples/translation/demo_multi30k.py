@@ -25,7 +25,7 @@ from sacrebleu.metrics import BLEU
 from rdrop_experiments.data_prep import binarize_pairs, sentencepiece_encode
 from rdrop_experiments.demo import Demo, main
 from rdrop_experiments.fairseq_logs import curves
-from rdrop_experiments.fairseq_tools import REPO, generate, transformer_args
+from rdrop_experiments.fairseq_tools import REPO, SMALL_TRANSFORMER, generate, transformer_args
 
 SRC, TGT = "en", "de"
 # fairseq split name -> Multi30k file stem
@@ -49,15 +49,7 @@ class Multi30k(Demo):
     setup = {
         "train_subset": 2000,  # first N training pairs
         "vocab_size": 4000,  # joint sentencepiece vocabulary
-        "encoder_layers": 2,
-        "decoder_layers": 2,
-        "embed_dim": 128,
-        "ffn_dim": 512,
-        "heads": 4,
-        "dropout": 0.1,
-        "lr": 2e-3,
-        "warmup": 200,
-        "max_tokens": 2048,
+        **SMALL_TRANSFORMER,
     }
     # "full" trains three seeds and adds the baseline given twice the updates,
     # about R-Drop's compute; "tiny" exists for the tests.

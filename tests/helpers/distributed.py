@@ -45,3 +45,37 @@ def train_on_two_ranks(args, env=None):
     """``fairseq-train ARGS`` as ranks 0 and 1; returns their outputs."""
     port = free_port()
     return finish([launch([fairseq_script("fairseq-train"), *args, *rank_flags(rank, port)], env) for rank in (0, 1)])
+
+
+# A criterion registered as NAME that extends CLASS (from MODULE, with its config
+# CONFIG): in training its dropout masks are drawn from the batch's ids and the
+# update, so one rank and two ranks draw the same ones for the same sentences, and
+# each micro-batch's logging output (kl_loss and COUNTED) goes to $RDROP_RECORD.<pid>
+# before fairseq sums them.
+RECORDING_CRITERION = """
+import json, os
+import torch
+from fairseq.criterions import register_criterion
+from {module} import {cls}, {config}
+
+@register_criterion("{name}", dataclass={config})
+class Recording({cls}):
+    def forward(self, model, sample, reduce=True):
+        ids = int(sample["id"].sum())
+        if model.training:
+            torch.manual_seed(ids + 100003 * self.num_updates_done())
+        loss, sample_size, log = super().forward(model, sample, reduce)
+        if model.training:
+            with open(os.environ["RDROP_RECORD"] + f".{{os.getpid()}}", "a") as f:
+                f.write(json.dumps({{"update": self.num_updates_done() + 1, "ids": ids,
+                                    "kl_loss": float(log["kl_loss"]), "{counted}": int(log["{counted}"])}}) + "\\n")
+        return loss, sample_size, log
+"""
+
+
+def write_recording_criterion(user_dir, name, module, cls, config, counted):
+    """A --user-dir in ``user_dir`` holding :data:`RECORDING_CRITERION` for ``cls``."""
+    user_dir.mkdir()
+    (user_dir / "__init__.py").write_text(RECORDING_CRITERION.format(
+        name=name, module=module, cls=cls, config=config, counted=counted))
+    return user_dir
