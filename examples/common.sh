@@ -208,3 +208,11 @@ for line in sys.stdin: print(d.detokenize(line.split()))' "$l"
     --destdir "$data" --joined-dictionary --workers 1
   run_command cp "$text/test.raw.$src" "$text/test.raw.$tgt" "$data/"
 }
+
+# fetch URL FILE: downloads URL to FILE unless FILE exists, never leaving a partial file.
+fetch() {
+  [ -s "$2" ] && return 0
+  dry_run || echo "downloading $1" >&2
+  run_command curl -fL --retry 3 -o "$2.part" "$1" || die "download failed: $1 (put the file at $2 by hand)"
+  run_command mv "$2.part" "$2"
+}

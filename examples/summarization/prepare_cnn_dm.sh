@@ -38,12 +38,6 @@ bart_url=https://dl.fbaipublicfiles.com/fairseq/models/bart.large.tar.gz
 cnn_id=0BwmD_VLjROrfTHk4NFg2SndKcjQ
 dm_id=0BwmD_VLjROrfM1BxdkxVaTY2bWs
 
-fetch() {  # fetch URL FILE: download unless FILE exists, never leaving a partial file
-  [ -s "$2" ] && return 0
-  dry_run || echo "downloading $1" >&2
-  run_command curl -fL --retry 3 -o "$2.part" "$1" || die "download failed: $1 (put the file at $2 by hand)"
-  run_command mv "$2.part" "$2"
-}
 drive_url() { echo "https://drive.usercontent.google.com/download?id=$1&export=download&confirm=t"; }
 
 if [ "$smoke" = 1 ]; then
