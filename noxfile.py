@@ -36,6 +36,7 @@ PLUGIN_TESTS = [
     "tests/test_pytorch_ddp.py",
     "tests/test_seq2seq_tasks.py",
     "tests/test_fairseq_fixes.py",
+    "tests/test_sentence_prediction_rdrop.py",
     "tests/test_packaging.py",
     # a recipe's preparation, training and evaluation (fairseq-generate, BLEU),
     # and a language model's (fairseq-eval-lm), as their SMOKE=1 runs do

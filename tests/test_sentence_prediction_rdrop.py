@@ -214,7 +214,8 @@ def test_reduce_metrics_gives_fairseqs_figures_and_the_kl_per_sentence_in_base_2
     assert reduced["loss"] == pytest.approx(loss / sentences / ln2, abs=1e-3)
     assert reduced["nll_loss"] == pytest.approx(loss / ntokens / ln2, abs=1e-3)
     assert reduced["kl_loss"] == pytest.approx(sum(float(log["kl_loss"]) for log in logs) / sentences / ln2, abs=1e-3)
-    assert reduced["accuracy"] == pytest.approx(100 * sum(float(log["ncorrect"]) for log in logs) / sentences, abs=0.05)
+    # fairseq 0.12.2 logs accuracy to one decimal, later fairseq to three; rounding halves may go either way
+    assert reduced["accuracy"] == pytest.approx(100 * sum(float(log["ncorrect"]) for log in logs) / sentences, abs=0.0501)
     # the objective per sentence in bits is 2 * loss + alpha * kl_loss
     objective = sum(float(objective) for objective, _, _ in runs)
     assert 2 * reduced["loss"] + 1.5 * reduced["kl_loss"] == pytest.approx(objective / sentences / ln2, abs=1e-2)
@@ -260,6 +261,8 @@ def test_alpha_zero_is_exactly_fairseqs_sentence_prediction_with_one_pass(kind):
     "kind, report", [("classification", "report_acc_and_f1"), ("regression", "report_pearson_and_spearman")]
 )
 def test_validation_is_exactly_fairseqs_sentence_prediction_with_one_pass(kind, report, alpha):
+    if report not in SentencePredictionConfig.__dataclass_fields__:
+        pytest.skip(f"this fairseq's sentence_prediction has no --{report.replace('_', '-')} (added after 0.12.2)")
     task = make_task(*KINDS[kind])
     model = make_model(task).eval()
     sample = make_sample(task, seed=9)
