@@ -24,6 +24,8 @@ import hashlib
 import io
 from pathlib import Path
 
+from rdrop_experiments.errors import BadInput
+
 SPLITS = {"train": "all_train.txt", "val": "all_val.txt", "test": "all_test.txt"}
 END_TOKENS = (".", "!", "?", "...", "'", "`", '"', "\u2019", "\u201d", ")")
 
@@ -66,10 +68,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     for folder in args.stories:
         if not folder.is_dir():
-            raise SystemExit(f"make_cnn_dm.py: error: story folder not found: {folder}")
+            raise BadInput(f"make_cnn_dm.py: error: story folder not found: {folder}")
     for name in SPLITS.values():
         if not (args.url_lists / name).is_file():
-            raise SystemExit(f"make_cnn_dm.py: error: URL list not found: {args.url_lists / name}")
+            raise BadInput(f"make_cnn_dm.py: error: URL list not found: {args.url_lists / name}")
     args.out.mkdir(parents=True, exist_ok=True)
     for split, list_name in SPLITS.items():
         urls = [u for u in (args.url_lists / list_name).read_text(encoding="utf-8").splitlines() if u.strip()]
@@ -80,7 +82,7 @@ def main(argv=None):
                 paths = [folder / story_name(url) for folder in args.stories]
                 path = next((p for p in paths if p.is_file()), None)
                 if path is None:
-                    raise SystemExit(f"make_cnn_dm.py: error: no story for {url} ({story_name(url)}) in "
+                    raise BadInput(f"make_cnn_dm.py: error: no story for {url} ({story_name(url)}) in "
                                      + ", ".join(map(str, args.stories)))
                 article, summary = parse_story(path.read_text(encoding="utf-8"))
                 empty += not article or not summary

@@ -1,4 +1,6 @@
-"""The failures of the demos, benchmark and GPU check, each naming its cause and fix."""
+"""The failures of the demos, recipes' scripts, benchmark and GPU check, each naming its cause and fix."""
+
+import sys
 
 
 class ExperimentError(Exception):
@@ -26,3 +28,17 @@ class Stopped(ExperimentError):
 
 class IncompleteOutput(ExperimentError):
     """A command succeeded but its output lacks what was asked of it."""
+
+
+class BadInput(ExperimentError):
+    """Input a script cannot use: missing, malformed or inconsistent; nothing was written from it."""
+
+
+def run_script(main):
+    """Runs a script's ``main()`` and returns its exit status: an
+    :class:`ExperimentError` is printed on stderr as it is, status 1."""
+    try:
+        return main()
+    except ExperimentError as error:
+        print(error, file=sys.stderr)
+        return 1

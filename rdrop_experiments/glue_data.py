@@ -22,6 +22,8 @@ import random
 import sys
 from pathlib import Path
 
+from rdrop_experiments.errors import BadInput, run_script
+
 REPO = Path(__file__).resolve().parents[1]
 CLINC150 = REPO / "data" / "classification" / "clinc150" / "data_full.json.gz"
 
@@ -253,7 +255,7 @@ def main(argv=None):
                                      args.label, args.dev_label, tuple(filter(None, args.headerless.split(","))),
                                      args.fields)
         except FileNotFoundError as error:
-            sys.exit(f"glue_data: error: {error}")
+            raise BadInput(f"glue_data: error: {error}") from None
         print(f"{Path(args.task_dir).name}: " + ", ".join(f"{s} {n} rows" for s, n in counts.items()))
     elif args.command == "mrpc":
         counts = build_mrpc(args.mrpc_dir)
@@ -265,4 +267,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -25,6 +25,7 @@ import math
 import sys
 from pathlib import Path
 
+from rdrop_experiments.errors import BadInput, run_script
 from rdrop_experiments.fairseq_logs import read_records
 
 TASKS = ("MNLI", "QNLI", "QQP", "RTE", "SST-2", "MRPC", "CoLA", "STS-B")
@@ -204,16 +205,16 @@ def main(argv=None):
     except ValueError as error:
         parser.error(str(error))
     if not args.log.is_file():
-        sys.exit(f"glue_eval: error: training log not found: {args.log}")
+        raise BadInput(f"glue_eval: error: training log not found: {args.log}")
     if args.checkpoint and not (args.checkpoint.is_file() and args.data):
-        sys.exit(f"glue_eval: error: checkpoint not found: {args.checkpoint}, or --data missing")
+        raise BadInput(f"glue_eval: error: checkpoint not found: {args.checkpoint}, or --data missing")
 
     names = subsets(task)
     metric, larger = selection(task)
     report = {"task": task, "log": str(args.log), "selected_by": metric, "validation": {}, "checkpoint": {}}
     chosen = best_validation(args.log, task)
     if not chosen:
-        sys.exit(f"glue_eval: error: no validation of {task} in {args.log}")
+        raise BadInput(f"glue_eval: error: no validation of {task} in {args.log}")
     first = next(iter(names))
     update, epoch = chosen[first].get("num_updates"), chosen[first].get("epoch")
     for subset, record in chosen.items():
@@ -235,4 +236,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -31,6 +31,8 @@ from typing import Iterable, Iterator
 
 from rdrop_experiments import mt_prep
 
+from rdrop_experiments.errors import BadInput
+
 URL = "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz"
 SRC, TGT = "de", "en"
 TEST_SETS = (
@@ -71,7 +73,7 @@ def download(url: str, dest: Path) -> Path:
             shutil.copyfileobj(r, f)
     except (urllib.error.URLError, OSError) as e:
         tmp.unlink(missing_ok=True)
-        raise SystemExit(
+        raise BadInput(
             f"error: could not download {url} ({e}).\n"
             f"Without internet, fetch de-en.tgz elsewhere and pass --tgz PATH."
         )
@@ -81,7 +83,7 @@ def download(url: str, dest: Path) -> Path:
 
 def unpack(tgz: Path, dest: Path) -> Path:
     if not tgz.is_file():
-        raise SystemExit(f"error: archive not found: {tgz}")
+        raise BadInput(f"error: archive not found: {tgz}")
     dest.mkdir(parents=True, exist_ok=True)
     mt_prep.extract_tar(tgz, dest)
     return find_orig(dest)
@@ -92,7 +94,7 @@ def find_orig(path: Path) -> Path:
     for candidate in (path, path / "de-en"):
         if (candidate / f"train.tags.de-en.{SRC}").is_file():
             return candidate
-    raise SystemExit(
+    raise BadInput(
         f"error: {path} does not contain train.tags.de-en.{SRC} "
         "(expected the extracted de-en folder of the WIT3 archive)"
     )
@@ -108,7 +110,7 @@ def prepare(orig: Path, out: Path, bpe_merges: int = BPE_MERGES, workers: int = 
     """Runs every stage; returns the number of pairs per split."""
     missing = _missing_inputs(orig)
     if missing:
-        raise SystemExit("error: missing input files:\n  " + "\n  ".join(map(str, missing)))
+        raise BadInput("error: missing input files:\n  " + "\n  ".join(map(str, missing)))
     tmp = out / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
 
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
     work = args.download_dir or args.out / "orig"
     if args.orig:
         if not args.orig.is_dir():
-            raise SystemExit(f"error: --orig folder not found: {args.orig}")
+            raise BadInput(f"error: --orig folder not found: {args.orig}")
         orig = find_orig(args.orig)
     elif args.tgz:
         orig = unpack(args.tgz, work)

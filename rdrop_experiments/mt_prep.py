@@ -41,6 +41,8 @@ from typing import Iterable, Iterator, List, Sequence, Tuple
 import regex
 from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
+from rdrop_experiments.errors import BadInput
+
 # ---------------------------------------------------------------- file helpers
 
 
@@ -79,7 +81,7 @@ def extract_tar(archive, dest) -> None:
         for member in tar.getmembers():
             target = (dest / member.name).resolve()
             if not (member.isfile() or member.isdir()) or (target != root and root not in target.parents):
-                raise SystemExit(f"error: {archive}: refusing to extract {member.name!r} (not a plain file "
+                raise BadInput(f"error: {archive}: refusing to extract {member.name!r} (not a plain file "
                                  f"or folder inside {dest}); unpack the archive by hand and pass its folder")
         tar.extractall(dest)
 

@@ -42,6 +42,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from rdrop_experiments.errors import BadInput
+
 METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
 # The printed table names what each ROUGE-L variant is.
@@ -99,20 +101,20 @@ def read_files(hyp_path, ref_paths, separator="<n>", split_sentences=False):
     """(hypotheses, references) from line-aligned files, sentences newline-separated."""
     def lines(path):
         if not Path(path).is_file():
-            raise SystemExit(f"rouge.py: error: file not found: {path}")
+            raise BadInput(f"rouge.py: error: file not found: {path}")
         return Path(path).read_text(encoding="utf-8").splitlines()
 
     hyps = lines(hyp_path)
     ref_columns = [lines(p) for p in ref_paths]
     for path, column in zip(ref_paths, ref_columns):
         if len(column) != len(hyps):
-            raise SystemExit(f"rouge.py: error: {path} has {len(column)} lines but {hyp_path} has {len(hyps)}; "
+            raise BadInput(f"rouge.py: error: {path} has {len(column)} lines but {hyp_path} has {len(hyps)}; "
                              "files must be line-aligned (one summary per line, empty line for a missing reference)")
     references = []
     for index, refs in enumerate(zip(*ref_columns)):
         present = [to_sentences(r, separator, split_sentences) for r in refs if r.strip()]
         if not present:
-            raise SystemExit(f"rouge.py: error: example {index + 1} (line {index + 1}) has an empty line in every "
+            raise BadInput(f"rouge.py: error: example {index + 1} (line {index + 1}) has an empty line in every "
                              "reference file; each example needs at least one reference")
         references.append(present)
     return [to_sentences(h, separator, split_sentences) for h in hyps], references

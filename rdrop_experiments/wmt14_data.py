@@ -39,6 +39,8 @@ from pathlib import Path
 
 from rdrop_experiments import mt_prep
 
+from rdrop_experiments.errors import BadInput
+
 STATMT = "http://statmt.org"
 ARCHIVES = {
     "europarl": f"{STATMT}/wmt13/training-parallel-europarl-v7.tgz",
@@ -102,7 +104,7 @@ def fetch(orig: Path, pair: str, download: bool) -> None:
         archive = orig / url.rsplit("/", 1)[1]
         if not archive.exists():
             if not download:
-                raise SystemExit(f"error: {archive} is missing (and --no-download was given); "
+                raise BadInput(f"error: {archive} is missing (and --no-download was given); "
                                  f"get it from {url}")
             print(f"downloading {url}", file=sys.stderr)
             part = archive.with_name(archive.name + ".part")
@@ -111,7 +113,7 @@ def fetch(orig: Path, pair: str, download: bool) -> None:
                     shutil.copyfileobj(r, f)
             except (urllib.error.URLError, OSError) as e:
                 part.unlink(missing_ok=True)
-                raise SystemExit(f"error: could not download {url} ({e}); without internet, "
+                raise BadInput(f"error: could not download {url} ({e}); without internet, "
                                  f"place the archives in {orig} and pass --no-download")
             part.rename(archive)
         mt_prep.extract_tar(archive, orig)
@@ -147,7 +149,7 @@ def prepare(orig: Path, out: Path, pair: str, bpe_merges: int = None, workers: i
     paths = {l: [corpus_file(orig, c, l) for _, c in protocol["corpora"]] for l in (src, tgt)}
     missing = [p for ps in paths.values() for p in ps if not p.exists()]
     if missing:
-        raise SystemExit("error: missing corpus files:\n  " + "\n  ".join(map(str, missing)))
+        raise BadInput("error: missing corpus files:\n  " + "\n  ".join(map(str, missing)))
 
     for l in (src, tgt):
         log(f"normalizing and tokenizing train.{l}")
@@ -156,7 +158,7 @@ def prepare(orig: Path, out: Path, pair: str, bpe_merges: int = None, workers: i
     for l, kind in ((src, "src"), (tgt, "ref")):
         sgm = orig / TEST_SGM[pair].format(kind=kind, lang=l)
         if not sgm.exists():
-            raise SystemExit(f"error: missing test file {sgm}")
+            raise BadInput(f"error: missing test file {sgm}")
         _sgm_tokenized(sgm, tmp / f"test.{l}", l, workers)
         mt_prep.write_lines(out / f"test.raw.{l}", mt_prep.raw_segments(mt_prep.read_lines(sgm)))
 
@@ -164,7 +166,7 @@ def prepare(orig: Path, out: Path, pair: str, bpe_merges: int = None, workers: i
         for l in (src, tgt):
             dev = orig / f"dev/newstest2013.{l}"
             if not dev.exists():
-                raise SystemExit(f"error: newstest2013 not found: {dev} (from {ARCHIVES['dev']})")
+                raise BadInput(f"error: newstest2013 not found: {dev} (from {ARCHIVES['dev']})")
             _tokenize_file([dev], tmp / f"valid.{l}", l, normalize=True, workers=workers)
         n_in, n_out = mt_prep.clean_files(tmp / "train.tok", src, tgt, tmp / "train", **clean)
         log(f"train: {n_in} pairs, {n_out} kept after cleaning (before BPE)")

@@ -21,6 +21,7 @@ from typing import List
 
 import torch
 
+from rdrop_experiments.errors import BadInput, run_script
 from rdrop_fairseq.checkpoint_types import RefusedCheckpointError, load_checkpoint_safely
 
 _UPDATE = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
@@ -35,7 +36,7 @@ def last_checkpoints(folder: Path, n: int, by: str) -> List[Path]:
         if m:
             found.append((int(m.group(1)), path))
     if len(found) < n:
-        raise SystemExit(f"error: asked for the last {n} {by} checkpoints but {folder} has "
+        raise BadInput(f"error: asked for the last {n} {by} checkpoints but {folder} has "
                          f"{len(found)} ({pattern.pattern})")
     return [p for _, p in sorted(found)[-n:]]
 
@@ -47,7 +48,7 @@ def _load(path: Path) -> dict:
     try:
         return load_checkpoint_safely(path)
     except RefusedCheckpointError as error:
-        raise SystemExit(f"error: {path} holds more than fairseq's checkpoints do ({error.reason}), so it is not "
+        raise BadInput(f"error: {path} holds more than fairseq's checkpoints do ({error.reason}), so it is not "
                          "loaded: unpickling it could run code. Average checkpoints that fairseq-train wrote")
 
 
@@ -62,7 +63,7 @@ def average(paths: List[Path]) -> dict:
             dtypes = {k: v.dtype for k, v in model.items()}
         else:
             if model.keys() != sums.keys():
-                raise SystemExit(f"error: {path} has different parameters from {paths[0]}")
+                raise BadInput(f"error: {path} has different parameters from {paths[0]}")
             for k, v in model.items():
                 sums[k] += v.detach().to(torch.float64)
     n = len(paths)
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
         paths = args.inputs
         missing = [str(x) for x in paths if not x.is_file()]
         if missing:
-            raise SystemExit("error: checkpoint(s) not found: " + ", ".join(missing))
+            raise BadInput("error: checkpoint(s) not found: " + ", ".join(missing))
     print("averaging:\n  " + "\n  ".join(map(str, paths)), file=sys.stderr)
     torch.save(average(paths), args.output)
     print(f"wrote {args.output}", file=sys.stderr)
@@ -102,4 +103,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import List, Tuple
 
+from rdrop_experiments.errors import BadInput, run_script
+
 # re.ASCII: Perl's \S on bytes treats every non-ASCII byte as non-space.
 _HYPHEN = re.compile(r"(\S)-(\S)", re.ASCII)
 
@@ -45,9 +47,9 @@ def read_generate_output(path) -> Tuple[List[str], List[str]]:
                 sid, text = (line[2:].split("\t", 1) + [""])[:2]
                 refs[int(sid)] = text
     if not hyps:
-        raise SystemExit(f"error: no H- lines in {path}; is it a fairseq-generate output?")
+        raise BadInput(f"error: no H- lines in {path}; is it a fairseq-generate output?")
     if hyps.keys() != refs.keys():
-        raise SystemExit(f"error: {path} has {len(hyps)} hypotheses but {len(refs)} references")
+        raise BadInput(f"error: {path} has {len(hyps)} hypotheses but {len(refs)} references")
     ids = sorted(hyps)
     return [hyps[i] for i in ids], [refs[i] for i in ids]
 
@@ -56,12 +58,12 @@ def fairseq_score(sys_path, ref_path) -> str:
     beside_python = Path(sys.executable).parent / "fairseq-score"
     exe = str(beside_python) if beside_python.exists() else shutil.which("fairseq-score")
     if exe is None:
-        raise SystemExit("error: fairseq-score not found on PATH (install fairseq)")
+        raise BadInput("error: fairseq-score not found on PATH (install fairseq)")
     out = subprocess.run([exe, "--sys", str(sys_path), "--ref", str(ref_path)],
                          check=True, capture_output=True, text=True).stdout
     bleu = [l for l in out.splitlines() if l.startswith("BLEU")]
     if not bleu:
-        raise SystemExit(f"error: unexpected fairseq-score output:\n{out}")
+        raise BadInput(f"error: unexpected fairseq-score output:\n{out}")
     return bleu[-1]
 
 
@@ -74,7 +76,7 @@ def sacrebleu_score(hyps: List[str], refs: List[str], lang: str, raw_refs: List[
     sys_detok = [detok.detokenize(h.split()) for h in hyps]
     ref_detok = raw_refs if raw_refs is not None else [detok.detokenize(r.split()) for r in refs]
     if len(ref_detok) != len(sys_detok):
-        raise SystemExit(f"error: {len(sys_detok)} hypotheses but {len(ref_detok)} references")
+        raise BadInput(f"error: {len(sys_detok)} hypotheses but {len(ref_detok)} references")
     bleu = BLEU()
     return bleu.corpus_score(sys_detok, [ref_detok]), bleu.get_signature()
 
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if not args.gen.is_file():
-        raise SystemExit(f"error: generate output not found: {args.gen}")
+        raise BadInput(f"error: generate output not found: {args.gen}")
     hyps, refs = read_generate_output(args.gen)
     sys_path, ref_path = Path(f"{args.gen}.sys"), Path(f"{args.gen}.ref")
     sys_path.write_text("".join(compound_split(h) + "\n" for h in hyps), encoding="utf-8")
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
         raw = None
         if args.sacrebleu_ref:
             if not args.sacrebleu_ref.is_file():
-                raise SystemExit(f"error: reference not found: {args.sacrebleu_ref}")
+                raise BadInput(f"error: reference not found: {args.sacrebleu_ref}")
             raw = args.sacrebleu_ref.read_text(encoding="utf-8").splitlines()
         score, signature = sacrebleu_score(hyps, refs, args.sacrebleu_lang, raw)
         print(f"sacreBLEU (detokenized): {score.format(width=2, signature=str(signature))}")
@@ -106,4 +108,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -3,7 +3,8 @@ evaluate_cnn_dm.sh); the code is rdrop_experiments.rouge."""
 
 import sys
 
+from rdrop_experiments.errors import run_script
 from rdrop_experiments.rouge import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from rdrop_experiments import glue_data, glue_eval
+from rdrop_experiments.errors import BadInput
 
 from .helpers.fairseq_runs import REPO, assert_script_fails_fast, assert_shell_script_parses_and_is_strict
 
@@ -350,11 +351,6 @@ def _table(heading, header_start):
     return rows
 
 
-def test_readme_keeps_the_place_of_the_demo_section_after_the_title():
-    lines = [line for line in README.read_text(encoding="utf-8").splitlines() if line.strip()]
-    assert lines[0].startswith("# ") and lines[1] == "<!-- demo section -->"
-
-
 def test_readme_per_task_table_is_fairseqs():
     rows = _table("### Per-task settings", "| task | classes |")
     assert [r[0] for r in rows] == TASKS
@@ -506,7 +502,7 @@ def test_mrpc_files_are_built_as_glues_download_script_builds_them(tmp_path):
 
 
 def test_column_step_names_a_missing_split(tmp_path):
-    with pytest.raises(SystemExit, match="GLUE split not found"):
+    with pytest.raises(BadInput, match="GLUE split not found"):
         glue_data.main(["columns", str(tmp_path), str(tmp_path / "out"), "--splits", "train", "--inputs", "1",
                         "--test-inputs", "1", "--label", "2"])
 

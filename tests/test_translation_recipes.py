@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from rdrop_experiments import iwslt14_data, mt_prep, wmt14_data
+from rdrop_experiments.errors import BadInput
 
 from .helpers.fairseq_runs import assert_script_fails_fast, assert_shell_script_parses_and_is_strict
 
@@ -187,7 +188,7 @@ def test_extract_tar_unpacks_plain_members_and_refuses_escapes(tmp_path, monkeyp
     mt_prep.extract_tar(good, tmp_path / "out")
     assert (tmp_path / "out" / "de-en" / "train.tags.de-en.de").read_bytes() == b"Hallo\n"
     evil = _tar(tmp_path / "evil.tgz", [("de-en/ok.txt", b"x"), ("../escaped.txt", b"x")])
-    with pytest.raises((SystemExit, tarfile.TarError)):
+    with pytest.raises((BadInput, tarfile.TarError)):
         mt_prep.extract_tar(evil, tmp_path / "out2")
     assert not (tmp_path / "escaped.txt").exists()
 
@@ -287,7 +288,7 @@ def test_compound_split_bleu_perfect_translation_and_raw_reference(tmp_path, cap
     assert csb.main([str(gen)]) == 0
     assert "BLEU4 = 100.00" in capsys.readouterr().out
     # mismatching raw reference length is refused
-    with pytest.raises(SystemExit):
+    with pytest.raises(BadInput):
         csb.sacrebleu_score(["a"], ["a"], "de", ["a", "b"])
 
 
@@ -322,15 +323,15 @@ def test_shell_scripts_fail_fast_on_missing_input(script, args, env, message):
 
 
 def test_python_preparers_fail_clearly_on_missing_input(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(BadInput, match="not found"):
         iwslt14_data.main(["--out", str(tmp_path / "o"), "--orig", MISSING])
-    with pytest.raises(SystemExit, match="does not contain train.tags"):
+    with pytest.raises(BadInput, match="does not contain train.tags"):
         iwslt14_data.main(["--out", str(tmp_path / "o"), "--orig", str(tmp_path)])
     # no network (nothing listens on port 9): a clear message, no partial file
-    with pytest.raises(SystemExit, match="(?s)could not download .* pass --tgz"):
+    with pytest.raises(BadInput, match="(?s)could not download .* pass --tgz"):
         iwslt14_data.main(["--out", str(tmp_path / "o"), "--url", "http://127.0.0.1:9/de-en.tgz"])
     assert not list((tmp_path / "o" / "orig").glob("de-en.tgz*"))
-    with pytest.raises(SystemExit, match="training-parallel-europarl-v7.tgz is missing"):
+    with pytest.raises(BadInput, match="training-parallel-europarl-v7.tgz is missing"):
         wmt14_data.main(["--pair", "en-de", "--orig", str(tmp_path / "orig"),
                             "--out", str(tmp_path / "o"), "--no-download"])
 
@@ -520,7 +521,7 @@ def test_average_checkpoints_last_n_by_update(tmp_path):
     assert torch.equal(state["model"]["w"], torch.full((2,), 1.5))
     assert state["model"]["h"].dtype == torch.float16 and state["model"]["h"].item() == 1.5
     assert state["cfg"] == {"tag": 2}  # everything else from the newest
-    with pytest.raises(SystemExit, match="has 3"):
+    with pytest.raises(BadInput, match="has 3"):
         avg.main(["--inputs", str(tmp_path), "--num-update-checkpoints", "4", "--output", str(out)])
 
 

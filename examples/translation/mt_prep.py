@@ -4,7 +4,8 @@ apply-bpe); the code is rdrop_experiments.mt_prep."""
 
 import sys
 
+from rdrop_experiments.errors import run_script
 from rdrop_experiments.mt_prep import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -4,7 +4,8 @@ prepare_iwslt14.sh); the code is rdrop_experiments.iwslt14_data."""
 
 import sys
 
+from rdrop_experiments.errors import run_script
 from rdrop_experiments.iwslt14_data import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))
