@@ -216,3 +216,11 @@ fetch() {
   run_command curl -fL --retry 3 -o "$2.part" "$1" || die "download failed: $1 (put the file at $2 by hand)"
   run_command mv "$2.part" "$2"
 }
+
+# gpt2_bpe_encode BPE_DIR IN OUT: GPT-2's byte-level BPE (encoder.json and vocab.bpe
+# in BPE_DIR) of each line of IN into OUT with fairseq's encoder, empty lines kept.
+gpt2_bpe_encode() {
+  run_command python -m fairseq.examples.roberta.multiprocessing_bpe_encoder \
+    --encoder-json "$1/encoder.json" --vocab-bpe "$1/vocab.bpe" \
+    --inputs "$2" --outputs "$3" --workers "$WORKERS" --keep-empty
+}

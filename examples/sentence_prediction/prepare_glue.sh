@@ -128,10 +128,7 @@ for task in "${tasks[@]}"; do
   [[ "$inputs" == *,* ]] && count=2
   for split in "${splits[@]}"; do
     for ((i = 0; i < count; i++)); do
-      run_command python -m fairseq.examples.roberta.multiprocessing_bpe_encoder \
-        --encoder-json "$bpe/encoder.json" --vocab-bpe "$bpe/vocab.bpe" \
-        --inputs "$text/$split.raw.input$i" --outputs "$text/$split.input$i" \
-        --workers "$WORKERS" --keep-empty
+      gpt2_bpe_encode "$bpe" "$text/$split.raw.input$i" "$text/$split.input$i"
     done
   done
 

@@ -87,10 +87,7 @@ fi
 
 for split in train val test; do
   for side in source target; do
-    run_command python -m fairseq.examples.roberta.multiprocessing_bpe_encoder \
-      --encoder-json "$WORK/gpt2_bpe/encoder.json" --vocab-bpe "$WORK/gpt2_bpe/vocab.bpe" \
-      --inputs "$WORK/text/$split.$side" --outputs "$WORK/text/$split.bpe.$side" \
-      --workers "$WORKERS" --keep-empty
+    gpt2_bpe_encode "$WORK/gpt2_bpe" "$WORK/text/$split.$side" "$WORK/text/$split.bpe.$side"
   done
 done
 
