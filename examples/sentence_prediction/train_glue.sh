@@ -127,7 +127,7 @@ fi
 
 log="$SAVE_DIR/train.log"
 run_command mkdir -p "$SAVE_DIR"
-dry_run || echo "train_glue.sh: fairseq-train's output goes to $log" >&2
+dry_run || echo "train_glue.sh: fairseq-train's output goes to $log (follow it with: tail -f $log)" >&2
 run_command "&>$log" "${launcher[@]}" "$train" "$DATA" \
   --user-dir "$user_dir" \
   --restore-file "$ROBERTA_DIR/model.pt" \
