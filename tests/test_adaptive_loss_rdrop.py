@@ -23,7 +23,7 @@ from rdrop_fairseq.criterions.adaptive_loss_rdrop import AdaptiveLossRDrop, Adap
 from rdrop_fairseq.loss import adaptive_symmetric_kl
 
 from .helpers.references import reference_symmetric_kl
-from .helpers.tiny_fairseq import assert_sample_left_untouched, right_padded_targets
+from .helpers.tiny_fairseq import assert_one_pass_equal, assert_sample_left_untouched, right_padded_targets
 
 VOCAB_WORDS = 26  # 30 symbols with fairseq's 4 specials
 CUTOFF = [8, 16]  # shortlist 0-7, clusters 8-15 and 16-29
@@ -311,12 +311,7 @@ def test_alpha_zero_and_eval_mode_are_exactly_fairseqs_adaptive_loss_with_one_pa
         objective.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
         results.append((objective, sample_size, log, capture.features, grads))
-    (obj_a, size_a, log_a, out_a, grads_a), (obj_b, size_b, log_b, _, grads_b) = results
-    assert len(out_a) == 1 and out_a[0].size(0) == sample["target"].size(0)
-    assert torch.equal(obj_a, obj_b) and size_a == size_b
-    assert log_a.keys() == log_b.keys() and "kl_loss" not in log_a
-    assert all(torch.equal(torch.as_tensor(log_a[k]), torch.as_tensor(log_b[k])) for k in log_a)
-    assert len(grads_a) == len(grads_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert_one_pass_equal(*results, sample)
 
 
 def test_logged_values_are_per_pass_averages_and_the_symmetric_kl(task):

@@ -36,7 +36,9 @@ from rdrop_fairseq.criterions.sentence_prediction_rdrop import (
 from .helpers.distributed import finish, launch, train_on_two_ranks, write_recording_criterion
 from .helpers.fairseq_runs import COMMON_TRAIN, learned_state, run_tool, fairseq_script, train_records, write_lines
 from .helpers.references import reference_symmetric_kl
-from .helpers.tiny_fairseq import assert_sample_left_untouched, make_dictionary, run_capturing_outputs
+from .helpers.tiny_fairseq import (
+    assert_one_pass_equal, assert_sample_left_untouched, make_dictionary, run_capturing_outputs,
+)
 
 HEAD = "sentence_classification_head"
 # (regression, outputs of the head)
@@ -248,12 +250,7 @@ def test_alpha_zero_is_exactly_fairseqs_sentence_prediction_with_one_pass(kind):
         objective.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
         results.append((objective, sample_size, log, captured, grads))
-    (obj_a, size_a, log_a, out_a, grads_a), (obj_b, size_b, log_b, _, grads_b) = results
-    assert len(out_a) == 1 and out_a[0].size(0) == sample["target"].size(0)
-    assert torch.equal(obj_a, obj_b) and size_a == size_b
-    assert log_a.keys() == log_b.keys() and "kl_loss" not in log_a
-    assert all(torch.equal(torch.as_tensor(log_a[k]), torch.as_tensor(log_b[k])) for k in log_a)
-    assert len(grads_a) == len(grads_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert_one_pass_equal(*results, sample)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])

@@ -172,3 +172,15 @@ def assert_sample_left_untouched(sample, action):
         assert sample["net_input"][key] is tensors_before[key]
         assert torch.equal(sample["net_input"][key], value)
     assert torch.equal(sample["target"], before["target"]) and sample["ntokens"] == before["ntokens"]
+
+
+def assert_one_pass_equal(ours, theirs, sample):
+    """Two (objective, sample_size, logging output, model outputs, gradients) results
+    are the same one-pass computation: one model output of the batch's size, equal
+    objective, sizes, logs (no kl_loss) and gradients."""
+    (obj_a, size_a, log_a, out_a, grads_a), (obj_b, size_b, log_b, _, grads_b) = ours, theirs
+    assert len(out_a) == 1 and out_a[0].size(0) == sample["target"].size(0)
+    assert torch.equal(obj_a, obj_b) and size_a == size_b
+    assert log_a.keys() == log_b.keys() and "kl_loss" not in log_a
+    assert all(torch.equal(torch.as_tensor(log_a[k]), torch.as_tensor(log_b[k])) for k in log_a)
+    assert len(grads_a) == len(grads_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
