@@ -224,3 +224,20 @@ gpt2_bpe_encode() {
     --encoder-json "$1/encoder.json" --vocab-bpe "$1/vocab.bpe" \
     --inputs "$2" --outputs "$3" --workers "$WORKERS" --keep-empty
 }
+
+# fetch_gpt2_bpe URL DIR: GPT-2's encoder.json, vocab.bpe and fairseq dictionary from URL into DIR.
+fetch_gpt2_bpe() {
+  local f
+  for f in encoder.json vocab.bpe dict.txt; do
+    fetch "$1/$f" "$2/$f"
+  done
+}
+
+# fetch_pretrained URL ARCHIVE DIR: a fairseq model archive from URL, unpacked into
+# DIR (its top folder stripped), unless DIR/model.pt exists.
+fetch_pretrained() {
+  [ -s "$3/model.pt" ] && return 0
+  fetch "$1" "$2"
+  run_command mkdir -p "$3"
+  run_command tar -xzf "$2" -C "$3" --strip-components 1
+}

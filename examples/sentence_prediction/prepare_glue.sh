@@ -78,14 +78,8 @@ if [ "$smoke" = 1 ]; then
   done
 else
   run_command mkdir -p "$GLUE_DIR" "$WORK/archives" "$bpe"
-  for f in encoder.json vocab.bpe dict.txt; do
-    fetch "$gpt2_bpe_url/$f" "$bpe/$f"
-  done
-  if [ ! -s "$ROBERTA_DIR/model.pt" ]; then
-    fetch "$roberta_url" "$WORK/archives/roberta.large.tar.gz"
-    run_command mkdir -p "$ROBERTA_DIR"
-    run_command tar -xzf "$WORK/archives/roberta.large.tar.gz" -C "$ROBERTA_DIR" --strip-components 1
-  fi
+  fetch_gpt2_bpe "$gpt2_bpe_url" "$bpe"
+  fetch_pretrained "$roberta_url" "$WORK/archives/roberta.large.tar.gz" "$ROBERTA_DIR"
   for task in "${tasks[@]}"; do
     [ -f "$GLUE_DIR/$task/train.tsv" ] && continue
     if [ "$task" = MRPC ]; then

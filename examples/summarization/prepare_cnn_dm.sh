@@ -67,14 +67,8 @@ for split in train val test; do
 done
 fetch "$(drive_url "$cnn_id")" "$WORK/cnn_stories.tgz"
 fetch "$(drive_url "$dm_id")" "$WORK/dailymail_stories.tgz"
-for f in encoder.json vocab.bpe dict.txt; do
-  fetch "$gpt2_bpe/$f" "$WORK/gpt2_bpe/$f"
-done
-if [ ! -s "$BART_DIR/model.pt" ]; then
-  fetch "$bart_url" "$WORK/bart.large.tar.gz"
-  run_command mkdir -p "$BART_DIR"
-  run_command tar -xzf "$WORK/bart.large.tar.gz" -C "$BART_DIR" --strip-components 1
-fi
+fetch_gpt2_bpe "$gpt2_bpe" "$WORK/gpt2_bpe"
+fetch_pretrained "$bart_url" "$WORK/bart.large.tar.gz" "$BART_DIR"
 
 find_fairseq
 
